@@ -1,0 +1,1 @@
+"""The `steward` command: a thin Typer layer over the steward library."""

@@ -1,0 +1,413 @@
+"""steward.toml: typed sections, environment overrides and validated dotted-key edits.
+
+Reading uses the stdlib's tomllib; editing uses tomlkit so the operator's comments survive
+`steward config set`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from .errors import ConfigError
+
+CONFIG_FILE = "steward.toml"
+ENV_PREFIX = "STEWARD_"
+WIRE_FORMATS = ("openai", "anthropic", "gemini")
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an int or a string such as '32MiB'."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 32MiB")
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"{value!r} is not a size (examples: 1048576, 512KiB, 32MiB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as '1s', '5m', '7d'."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s")
+    if isinstance(value, int | float):
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", str(value).lower())
+    if not match or match.group(2) not in _DURATION_UNITS:
+        raise ValueError(f"{value!r} is not a duration (examples: 30, 1.5s, 5m, 7d)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _int_between(low: int, high: int) -> dict[str, Any]:
+    def check(v: int) -> None:
+        if not low <= v <= high:
+            raise ValueError(f"must be between {low} and {high}")
+    return {"check": check}
+
+
+def _positive(v: float) -> None:
+    if v <= 0:
+        raise ValueError("must be greater than 0")
+
+
+def _http_url(v: str) -> None:
+    if not re.match(r"^https?://[^/\s?#]+", v):
+        raise ValueError(f"{v!r} is not an http(s) URL")
+
+
+def _optional_http_url(v: str) -> None:
+    if v:
+        _http_url(v)
+
+
+def _fsync_policy(v: str) -> None:
+    if v not in ("always", "never"):
+        parse_duration(v)
+
+
+def _wire_format(v: str) -> None:
+    if v not in WIRE_FORMATS:
+        raise ValueError(f"must be one of {', '.join(WIRE_FORMATS)}")
+
+
+SIZE = {"parse": parse_size}
+DURATION = {"parse": parse_duration}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = field(default=7680, metadata=_int_between(1, 65535))
+    workers: int = field(default=1, metadata=_int_between(1, 64))
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One upstream. Any name works; `format` says which wire format it speaks."""
+
+    format: str = field(default="openai", metadata={"check": _wire_format})
+    base_url: str = field(default="", metadata={"check": _http_url})
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_body_bytes: int = field(default=32 * 1024**2, metadata={**SIZE, "check": _positive})
+    connect_timeout: float = field(default=10.0, metadata={**DURATION, "check": _positive})
+    read_timeout: float = field(default=600.0, metadata={**DURATION, "check": _positive})
+    max_tags: int = field(default=32, metadata=_int_between(0, 1000))
+    max_tag_bytes: int = field(default=512, metadata=_int_between(1, 65536))
+    upstream_connections: int = field(default=1000, metadata=_int_between(1, 100000))
+
+
+@dataclass(frozen=True)
+class BodiesConfig:
+    enabled: bool = True
+    url: str = ""  # empty: file://<home>/bodies
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    upload_url: str = field(default="", metadata={"check": _optional_http_url})
+    batch_size: int = field(default=500, metadata=_int_between(1, 100000))
+    interval: float = field(default=5.0, metadata={**DURATION, "check": _positive})
+    fsync: str = field(default="1s", metadata={"check": _fsync_policy})
+
+
+DEFAULT_PROVIDERS: dict[str, ProviderConfig] = {
+    "openai": ProviderConfig("openai", "https://api.openai.com/v1"),
+    "anthropic": ProviderConfig("anthropic", "https://api.anthropic.com"),
+    "gemini": ProviderConfig("gemini", "https://generativelanguage.googleapis.com"),
+}
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "limits": LimitsConfig,
+    "bodies": BodiesConfig,
+    "metadata": MetadataConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path
+    server: ServerConfig = ServerConfig()
+    providers: Mapping[str, ProviderConfig] = field(default_factory=lambda: dict(DEFAULT_PROVIDERS))
+    limits: LimitsConfig = LimitsConfig()
+    bodies: BodiesConfig = BodiesConfig()
+    metadata: MetadataConfig = MetadataConfig()
+
+    @property
+    def path(self) -> Path:
+        return self.home / CONFIG_FILE
+
+    @property
+    def fsync_interval(self) -> float | None:
+        """None means never; 0 means after every record."""
+        policy = self.metadata.fsync
+        if policy == "never":
+            return None
+        return 0.0 if policy == "always" else parse_duration(policy)
+
+    def bodies_url(self) -> str:
+        return self.bodies.url or (self.home / "bodies").as_uri()
+
+
+def _coerce(section_cls: type, name: str, raw: Any, where: str) -> Any:
+    """Turn a TOML or environment value into the field's type, then run its check."""
+    spec = {f.name: f for f in fields(section_cls)}.get(name)
+    if spec is None:
+        valid = ", ".join(f.name for f in fields(section_cls))
+        raise ConfigError(f"{where}: unknown key (valid keys: {valid})")
+    meta = spec.metadata
+    kind = type(spec.default)
+    try:
+        if "parse" in meta:
+            value = meta["parse"](raw)
+        elif kind is bool:
+            value = _to_bool(raw)
+        elif kind is int:
+            if isinstance(raw, bool) or not isinstance(raw, int | str) or not re.fullmatch(
+                    r"\s*-?\d+\s*", str(raw)):
+                raise ValueError(f"expected a whole number, got {raw!r}")
+            value = int(raw)
+        elif kind is float:
+            try:
+                if isinstance(raw, bool):
+                    raise TypeError
+                value = float(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"expected a number, got {raw!r}") from None
+        else:
+            if not isinstance(raw, str):
+                raise ValueError("expected a string")
+            value = raw
+        if "check" in meta:
+            meta["check"](value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return value
+
+
+def _to_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not true or false")
+
+
+def _build_section(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a table")
+    values = {k: _coerce(cls, k, v, f"{where}.{k}") for k, v in raw.items()}
+    return cls(**values)
+
+
+def build_config(home: Path, raw: Mapping[str, Any], source: str) -> Config:
+    """Validate a raw mapping (file merged with environment) into a Config."""
+    known = {*_SECTIONS, "providers"}
+    for section in raw:
+        if section not in known:
+            raise ConfigError(f"{source}: [{section}]: unknown section "
+                              f"(valid: {', '.join(sorted(known))})")
+    sections = {name: _build_section(cls, raw.get(name, {}), f"{source}: {name}")
+                for name, cls in _SECTIONS.items()}
+    providers = dict(DEFAULT_PROVIDERS)
+    raw_providers = raw.get("providers", {})
+    if not isinstance(raw_providers, Mapping):
+        raise ConfigError(f"{source}: providers: expected a table of providers")
+    for name, table in raw_providers.items():
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", name):
+            raise ConfigError(f"{source}: providers.{name}: provider names are lower-case "
+                              "letters, digits, '-' and '_'")
+        where = f"{source}: providers.{name}"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: expected a table")
+        base = providers.get(name)
+        merged = {**({"format": base.format, "base_url": base.base_url} if base else {}), **table}
+        if not merged.get("base_url"):
+            raise ConfigError(f"{where}.base_url: required for a provider Steward does not know")
+        providers[name] = _build_section(ProviderConfig, merged, where)
+    for name in WIRE_FORMATS:
+        if providers[name].format != name:
+            raise ConfigError(f"{source}: providers.{name}.format: the built-in provider "
+                              f"{name} always speaks the {name} format")
+    return Config(home=home, providers=providers, **sections)
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """STEWARD_SERVER__PORT=7700 -> {"server": {"port": "7700"}}."""
+    tree: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, Mapping) else v
+    return out
+
+
+def read_raw(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run `steward init` first") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: not readable by this user") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def load_config(home: Path, env: Mapping[str, str] | None = None) -> Config:
+    """The effective configuration: the file, then STEWARD_<SECTION>__<KEY> overrides."""
+    env = os.environ if env is None else env
+    path = home / CONFIG_FILE
+    raw = _merge(read_raw(path), env_overrides(env))
+    return build_config(home, raw, str(path))
+
+
+def _split_key(dotted: str, where: str) -> list[str]:
+    parts = dotted.split(".")
+    if parts[0] == "providers" and len(parts) == 3:
+        return parts
+    if parts[0] in _SECTIONS and len(parts) == 2:
+        return parts
+    raise ConfigError(f"{where}: {dotted}: not a setting (examples: server.port, "
+                      "limits.max_body_bytes, providers.openai.base_url)")
+
+
+def set_value(home: Path, dotted: str, text: str) -> Any:
+    """Validate and store one dotted key, keeping the file's comments. Returns the stored value."""
+    path = home / CONFIG_FILE
+    parts = _split_key(dotted, str(path))
+    section_cls = ProviderConfig if parts[0] == "providers" else _SECTIONS[parts[0]]
+    value = _coerce(section_cls, parts[-1], text, f"{path}: {dotted}")
+    meta = {f.name: f for f in fields(section_cls)}[parts[-1]].metadata
+    stored: Any = text if "parse" in meta and isinstance(value, int | float) else value
+    try:
+        doc = tomlkit.parse(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run `steward init` first") from None
+    node: Any = doc
+    for part in parts[:-1]:
+        if part not in node:
+            node[part] = tomlkit.table(is_super_table=part == "providers")
+        node = node[part]
+    node[parts[-1]] = stored
+    candidate = tomllib.loads(tomlkit.dumps(doc))
+    build_config(home, candidate, str(path))  # whole-file validation before writing
+    write_private(path, tomlkit.dumps(doc))
+    return value
+
+
+def write_private(path: Path, text: str) -> None:
+    """Atomic replace with 0600 permissions: a crash never leaves half a config."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+_SECRET_FIELD = re.compile(r"(token|secret|password|api_key)$")
+
+
+def effective_dict(config: Config) -> dict[str, Any]:
+    """The config as plain data with credentials masked, for `config show`."""
+    def mask(name: str, value: Any) -> Any:
+        if isinstance(value, str) and _SECRET_FIELD.search(name) and value:
+            return "********"
+        if isinstance(value, str):
+            return re.sub(r"//[^/@\s]+@", "//****@", value)
+        return value
+
+    out: dict[str, Any] = {}
+    for name in _SECTIONS:
+        section = getattr(config, name)
+        out[name] = {f.name: mask(f.name, getattr(section, f.name)) for f in fields(section)}
+    out["providers"] = {
+        name: {f.name: mask(f.name, getattr(p, f.name)) for f in fields(p)}
+        for name, p in config.providers.items()
+    }
+    return out
+
+
+def with_server(config: Config, **changes: Any) -> Config:
+    """Command-line overrides (steward run --port) on top of the file."""
+    picked = {k: v for k, v in changes.items() if v is not None}
+    for k, v in picked.items():
+        _coerce(ServerConfig, k, v, f"--{k}")
+    return replace(config, server=replace(config.server, **picked))
+
+
+DEFAULT_TOML = """\
+# Steward gateway configuration.
+# Every key can be overridden by the environment: STEWARD_<SECTION>__<KEY>,
+# e.g. STEWARD_SERVER__PORT=7700. Edit with `steward config set server.port 7700`.
+
+[server]
+# host = "127.0.0.1"
+# port = 7680
+# workers = 1
+
+[limits]
+# max_body_bytes = "32MiB"     # larger request bodies get 413
+# connect_timeout = "10s"      # upstream TCP/TLS connect
+# read_timeout = "600s"        # longest silence from the upstream, before or between chunks
+# max_tags = 32                # X-Majordomo-<name> tags per request
+# max_tag_bytes = 512          # bytes per tag value
+# upstream_connections = 1000  # pooled connections per provider
+
+[bodies]
+# enabled = true
+# url = ""                     # empty: file://<home>/bodies
+
+[metadata]
+# upload_url = ""              # empty: records stay in the local spool
+# batch_size = 500
+# interval = "5s"
+# fsync = "1s"                 # always | never | an interval
+
+# Built-in providers; override base_url to use a proxy or a regional endpoint.
+# [providers.openai]
+# base_url = "https://api.openai.com/v1"
+# [providers.anthropic]
+# base_url = "https://api.anthropic.com"
+# [providers.gemini]
+# base_url = "https://generativelanguage.googleapis.com"
+
+# More upstreams speaking one of the three wire formats, reached with
+# `X-Majordomo-Provider: together`:
+# [providers.together]
+# format = "openai"
+# base_url = "https://api.together.xyz/v1"
+"""
+

@@ -1,0 +1,77 @@
+"""The gateway database: SQLite with numbered migrations tracked in PRAGMA user_version.
+
+Only the CLI and background tasks touch it; the request path reads in-memory copies.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from .errors import StewardError
+
+MIGRATIONS: list[str] = [
+    # 1: gateway keys, stored as a SHA-256 of a 256-bit random secret.
+    """
+    CREATE TABLE gateway_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        tags TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        revoked_at REAL,
+        last_used_at REAL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating with 0600 if new) and migrate to the current schema."""
+    new = not path.exists()
+    if new:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    try:
+        conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        migrate(conn, path)
+    except sqlite3.DatabaseError as exc:
+        raise StewardError(f"{path}: cannot open the gateway database ({exc})") from None
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StewardError(f"{path}: schema version {version} is newer than this Steward "
+                           f"understands ({SCHEMA_VERSION}); upgrade Steward")
+    for number in range(version, SCHEMA_VERSION):
+        with transaction(conn):
+            _run_script(conn, MIGRATIONS[number])
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    for statement in filter(str.strip, script.split(";")):
+        conn.execute(statement)
+
+
+class transaction:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,87 @@
+"""The daemon's long-lived state: configuration, upstream pools, key index, spool, background
+tasks. Built once per worker process; the proxy reads it, background tasks refresh it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from contextlib import suppress
+
+import aiohttp
+
+from . import db, gateway_keys
+from .config import Config
+from .gateway_keys import KeyIndex
+from .home import DB_FILE
+from .notify import notify
+from .proxy import Proxy
+from .routing import Router
+from .spool import Spool
+from .upstream import make_session
+
+log = logging.getLogger("steward")
+
+KEY_REFRESH_SECONDS = 2.0  # adds, revokes and expiries are seen within this (the promise is 5 s)
+
+
+class Gateway:
+    def __init__(self, config: Config):
+        self.config = config
+        self.router = Router(config.providers)
+        self.keys = KeyIndex()
+        self.spool = Spool(config.home / "spool", config.fsync_interval)
+        self.sessions: dict[str, aiohttp.ClientSession] = {}
+        self.proxy: Proxy | None = None
+        self._db: sqlite3.Connection | None = None
+        self._data_version = -1
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._db = await asyncio.to_thread(db.connect, self.config.home / DB_FILE)
+        await asyncio.to_thread(self._refresh_keys)
+        self.sessions = {name: make_session(self.config.limits) for name in self.router.upstreams}
+        limits = self.config.limits
+        self.proxy = Proxy(self.router, self.keys, self.sessions, self.spool,
+                           max_body_bytes=limits.max_body_bytes, max_tags=limits.max_tags,
+                           max_tag_bytes=limits.max_tag_bytes)
+        self._tasks = [asyncio.create_task(self._keep_keys_fresh()),
+                       asyncio.create_task(self.spool.run_fsync())]
+        notify("READY=1")  # the listener is bound before start-up begins
+
+
+    async def stop(self) -> None:
+        notify("STOPPING=1")
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(*(s.close() for s in self.sessions.values()))
+        await asyncio.to_thread(self._flush_last_used)
+        await self.spool.sync()
+        self.spool.close()
+        if self._db is not None:
+            self._db.close()
+
+    def _refresh_keys(self) -> None:
+        """Reload the key table when another process (the CLI) has committed a change."""
+        assert self._db is not None
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self.keys.by_hash = gateway_keys.load_hashes(self._db)
+            self._data_version = version
+
+    def _flush_last_used(self) -> None:
+        used = self.keys.take_last_used()
+        if used and self._db is not None:
+            gateway_keys.record_last_used(self._db, used.items())
+
+    async def _keep_keys_fresh(self) -> None:
+        while True:
+            await asyncio.sleep(KEY_REFRESH_SECONDS)
+            try:
+                await asyncio.to_thread(self._flush_last_used)
+                await asyncio.to_thread(self._refresh_keys)
+            except sqlite3.Error as exc:
+                log.error("could not refresh gateway keys from the database: %s", exc)

@@ -1,0 +1,25 @@
+"""systemd's sd_notify protocol: one datagram to $NOTIFY_SOCKET (a no-op when unset)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+log = logging.getLogger("steward")
+
+
+def notify(message: str) -> bool:
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # abstract namespace
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("could not notify systemd (%s): %s", os.environ.get("NOTIFY_SOCKET"), exc)
+        return False
+    return True

@@ -1,0 +1,125 @@
+"""Google's Gemini API (generativelanguage): `/{v1beta|v1}/models/{model}:{method}`.
+
+Streams come as SSE with `?alt=sse`, otherwise as one JSON array streamed element by element.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ..streams import JsonArrayScanner
+from ..usage import Reading, Usage, as_int, dig
+from .base import Meter, Route, WireFormat, loads, stream_error
+
+METHODS = {"generateContent", "streamGenerateContent", "countTokens", "embedContent",
+           "batchEmbedContents", "batchGenerateContent", "predict", "predictLongRunning"}
+_PATH = re.compile(r"^/(v1beta|v1|v1alpha)/models/([^/:]+):([A-Za-z]+)$")
+_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+           404: "NOT_FOUND", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
+           499: "CANCELLED", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def read_usage_metadata(meta: Any) -> Usage:
+    """promptTokenCount includes cached tokens; thoughts are billed as output."""
+    if not isinstance(meta, dict):
+        return Usage()
+    prompt = as_int(meta.get("promptTokenCount"))
+    candidates = as_int(meta.get("candidatesTokenCount")) or 0
+    thoughts = as_int(meta.get("thoughtsTokenCount")) or 0
+    if prompt is None:
+        return Usage()
+    return Usage(
+        input_tokens=prompt,
+        output_tokens=candidates + thoughts,
+        cache_read_tokens=as_int(meta.get("cachedContentTokenCount")) or 0,
+        cache_write_tokens=0,
+        reasoning_tokens=thoughts,
+        tool_use_prompt_tokens=as_int(meta.get("toolUsePromptTokenCount")) or 0,
+    )
+
+
+def _read_element(obj: Any, reading: Reading) -> None:
+    if not isinstance(obj, dict):
+        return
+    if "usageMetadata" in obj:
+        reading.usage = read_usage_metadata(obj["usageMetadata"])
+    if isinstance(obj.get("modelVersion"), str):
+        reading.response_model = obj["modelVersion"]
+    if isinstance(dig(obj, "error"), dict):
+        reading.error = stream_error(dig(obj, "error", "message"))
+
+
+class _LastUsage:
+    """Every element may carry usageMetadata; the last one holds the final counts.
+
+    Only that last element is decoded, once, at the end.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: bytes | None = None
+
+    def see(self, element: bytes) -> None:
+        if b'"usageMetadata"' in element or b'"error"' in element:
+            self._last = element
+
+    def finish(self, reading: Reading) -> None:
+        if self._last is not None:
+            _read_element(loads(self._last), reading)
+
+
+class _SSEStream(_LastUsage):
+    __slots__ = ()
+
+    def on_event(self, event: bytes, data: bytes, reading: Reading) -> None:
+        self.see(data)
+
+
+class _ArrayMeter(_LastUsage):
+    __slots__ = ("_scanner",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._scanner = JsonArrayScanner()
+
+    def feed(self, chunk: bytes) -> None:
+        for element in self._scanner.feed(chunk):
+            self.see(element)
+
+    def finish(self) -> Reading:  # type: ignore[override]
+        reading = Reading()
+        super().finish(reading)
+        return reading
+
+
+class GeminiFormat(WireFormat):
+    name = "gemini"
+    credential_headers = (b"x-goog-api-key",)
+
+    def route(self, method: str, path: str) -> Route | None:
+        match = _PATH.match(path)
+        if match is None or match.group(3) not in METHODS:
+            return None
+        return Route(endpoint=match.group(3), upstream_path=path, model=match.group(2))
+
+    def error_body(self, status: int, message: str) -> bytes:
+        return json.dumps({"error": {"code": status, "message": message,
+                                     "status": _STATUS.get(status, "INTERNAL")}}).encode()
+
+    def read_json(self, obj: Any, reading: Reading) -> None:
+        _read_element(obj, reading)
+
+    def stream_reader(self, route: Route) -> _SSEStream:
+        return _SSEStream()
+
+    def meter(self, route: Route, status: int, content_type: str) -> Meter:
+        if (200 <= status < 300 and route.endpoint == "streamGenerateContent"
+                and not content_type.startswith("text/event-stream")):
+            return _ArrayMeter()
+        return super().meter(route, status, content_type)
+
+
+FORMAT = GeminiFormat()

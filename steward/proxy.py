@@ -1,0 +1,290 @@
+"""The request hot path, as a raw ASGI handler: auth -> route -> forward -> account.
+
+Per request: one hash and dict lookup for the key, one upstream call over a pooled connection,
+chunk-by-chunk relay, usage read from the bytes as they pass, and one spool write. No database,
+no re-serialised bodies, nothing blocking in the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from .errors import GatewayError
+from .exchange import Exchange
+from .gateway_keys import KeyIndex
+from .providers.base import DecodingMeter, Meter, WireFormat
+from .routing import Router
+from .spool import Spool
+
+log = logging.getLogger("steward.proxy")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+    b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length",
+    b"expect", b"proxy-connection",
+})
+MAJORDOMO = b"x-majordomo-"
+RESERVED = {"key", "provider"}
+DECODABLE = {"gzip", "deflate", "identity"}
+REQUEST_ID_HEADER = b"x-majordomo-request-id"
+
+
+def filter_accept_encoding(value: bytes) -> bytes:
+    """Keep only codings Steward can read for accounting (gzip, deflate); the caller's client
+    can decode every coding it offered, so narrowing the offer is safe."""
+    kept = [part for part in value.split(b",")
+            if part.split(b";")[0].strip().decode("latin-1").lower() in DECODABLE]
+    return b",".join(kept).strip() or b"identity"
+
+
+class Proxy:
+    def __init__(self, router: Router, keys: KeyIndex, sessions: dict[str, aiohttp.ClientSession],
+                 spool: Spool, *, max_body_bytes: int, max_tags: int, max_tag_bytes: int):
+        self.router = router
+        self.keys = keys
+        self.sessions = sessions
+        self.spool = spool
+        self.max_body_bytes = max_body_bytes
+        self.max_tags = max_tags
+        self.max_tag_bytes = max_tag_bytes
+        self.served = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ex = Exchange(method=scope["method"], path=scope["path"], query=scope["query_string"])
+        fmt = None
+        try:
+            headers, key_value, provider = self._split_headers(ex, scope["headers"])
+            ex.upstream, ex.route = self.router.resolve(ex.method, ex.path, provider)
+            fmt = ex.upstream.fmt
+            self._authenticate(ex, key_value)
+            body = await self._read_body(scope, receive)
+            ex.request_model = ex.route.model or _find_model(body)
+            await self._forward(ex, headers, body, receive, send)
+        except GatewayError as err:
+            await self._fail(ex, fmt, err, send)
+        except Exception:
+            log.exception("request %s failed inside Steward", ex.id)
+            if not ex.responded:
+                err = GatewayError(500, f"Steward failed to handle this request (request id "
+                                   f"{ex.id}); the gateway log has the details")
+                await self._fail(ex, fmt, err, send)
+        finally:
+            await self._account(ex)
+
+    async def _fail(self, ex: Exchange, fmt: WireFormat | None, err: GatewayError,
+                    send: Send) -> None:
+        fmt = fmt or self.router.error_format(ex.method, ex.path)
+        ex.status, ex.error = err.status, err.message
+        await self._account(ex)
+        ex.responded = True
+        await _send_simple(send, err.status, fmt.error_body(err.status, err.message),
+                           ex.id, err.headers)
+
+    def _split_headers(self, ex: Exchange, raw: list[tuple[bytes, bytes]]
+                       ) -> tuple[list[tuple[str, str]], str | None, str | None]:
+        """Forwardable headers, plus the Majordomo key, provider and tags taken out of them."""
+        key_value = provider = None
+        forward: list[tuple[str, str]] = []
+        drop: set[bytes] = set()
+        for name, value in raw:
+            if name == b"connection":  # headers it names are hop-by-hop too
+                drop.update(v.strip().lower() for v in value.split(b","))
+        tag_count = 0
+        for name, value in raw:
+            if name.startswith(MAJORDOMO):
+                field = name[len(MAJORDOMO):].decode("latin-1")
+                if field == "key":
+                    key_value = value.decode("latin-1").strip()
+                elif field == "provider":
+                    provider = value.decode("latin-1")
+                elif field != "request-id":
+                    tag_count += 1
+                    if tag_count > self.max_tags or len(value) > self.max_tag_bytes:
+                        raise GatewayError(400, f"too many or too large X-Majordomo-* tags: at "
+                                           f"most {self.max_tags} tags of {self.max_tag_bytes} "
+                                           "bytes each")
+                    ex.tags[field] = value.decode("utf-8", "replace")
+            elif name in HOP_BY_HOP or name in drop:
+                continue
+            elif name == b"accept-encoding":
+                forward.append(("accept-encoding", filter_accept_encoding(value).decode()))
+            else:
+                forward.append((name.decode("latin-1"), value.decode("latin-1")))
+        return forward, key_value, provider
+
+    def _authenticate(self, ex: Exchange, presented: str | None) -> None:
+        if not presented:
+            raise GatewayError(401, "Missing X-Majordomo-Key header: send your Steward gateway "
+                               "key (create one with `steward keys add NAME`).")
+        ex.key = self.keys.authenticate(presented, time.time())
+        if ex.key is None:
+            raise GatewayError(401, "Invalid X-Majordomo-Key: the key is unknown, revoked or "
+                               "expired. Check it, or create one with `steward keys add NAME`.")
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise GatewayError(499, "client disconnected while sending the request")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _forward(self, ex: Exchange, headers: list[tuple[str, str]], body: bytes,
+                       receive: Receive, send: Send) -> None:
+        assert ex.upstream is not None and ex.route is not None
+        upstream, route = ex.upstream, ex.route
+        target = upstream.base_url + route.upstream_path
+        if ex.query:
+            target += "?" + ex.query.decode("latin-1")
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(lambda w: _on_disconnect(w, ex, task))
+        response = None
+        try:
+            try:
+                response = await self.sessions[upstream.name].request(
+                    ex.method, URL(target, encoded=True), headers=headers,
+                    data=body or None, allow_redirects=False)
+            except TimeoutError:
+                raise GatewayError(504, f"{upstream.name} did not answer in time "
+                                   f"({target.split('?')[0]})") from None
+            except aiohttp.ClientError as exc:
+                raise GatewayError(502, f"cannot reach {upstream.name} at "
+                                   f"{upstream.base_url}: {exc.__class__.__name__}") from None
+            await self._relay(ex, response, send)
+        except asyncio.CancelledError:
+            if not ex.client_gone:
+                raise
+            task.uncancel()
+            ex.error = ex.error or "client disconnected"
+            ex.status = ex.status or 499
+        finally:
+            watcher.cancel()
+            if response is not None:
+                response.close()
+
+    async def _relay(self, ex: Exchange, response: aiohttp.ClientResponse, send: Send) -> None:
+        assert ex.upstream is not None and ex.route is not None
+        ex.status = response.status
+        content_type = response.headers.get("Content-Type", "")
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        ex.stream = content_type.startswith("text/event-stream") or (
+            ex.route.endpoint == "streamGenerateContent")
+        meter: Meter = ex.upstream.fmt.meter(ex.route, response.status, content_type)
+        if encoding in ("gzip", "deflate"):
+            meter = DecodingMeter(meter, encoding)
+        out_headers = [(k.lower(), v) for k, v in response.raw_headers
+                       if k.lower() not in HOP_BY_HOP or k.lower() == b"content-length"]
+        out_headers.append((REQUEST_ID_HEADER, ex.id.encode()))
+        ex.responded = True
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": out_headers})
+        remaining = response.content_length if "Transfer-Encoding" not in response.headers \
+            else None
+        try:
+            async for chunk in response.content.iter_any():
+                if ex.first_byte_at is None:
+                    ex.first_byte_at = time.perf_counter()
+                meter.feed(chunk)
+                if remaining is not None:
+                    remaining -= len(chunk)
+                    if remaining <= 0:  # the caller is complete once this chunk lands
+                        ex.reading = meter.finish()
+                        await self._account(ex)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            ex.reading = meter.finish()
+            ex.error = f"upstream failed mid-response: {exc.__class__.__name__}"
+            await self._account(ex)
+            return  # returning without finishing makes the server cut the connection
+        if not ex.recorded:
+            ex.reading = meter.finish()
+            await self._account(ex)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _account(self, ex: Exchange) -> None:
+        """Write the record before the caller sees the end of the response."""
+        if ex.recorded:
+            return
+        ex.recorded = True
+        ex.finished_at = time.perf_counter()
+        self.served += 1
+        await self.spool.append(ex.record())
+
+
+def _on_disconnect(watcher: asyncio.Future[dict[str, Any]], ex: Exchange,
+                   task: asyncio.Task[Any]) -> None:
+    if watcher.cancelled() or watcher.exception() is not None:
+        return
+    if watcher.result().get("type") == "http.disconnect" and not ex.recorded:
+        ex.client_gone = True
+        task.cancel()
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"request body is larger than Steward's limit of {limit} bytes "
+                        "(limits.max_body_bytes)")
+
+
+def _find_model(body: bytes) -> str | None:
+    """The request's "model" without decoding the whole body (which can be 32 MiB of prompt).
+
+    bytes.find is memchr-fast; a match preceded by a backslash is inside a string, not a key.
+    """
+    start = 0
+    while True:
+        at = body.find(b'"model"', start)
+        if at < 0:
+            return None
+        start = at + 7
+        if at > 0 and body[at - 1] == 0x5C:
+            continue
+        rest = body[start:start + 512].lstrip()
+        if rest[:1] != b":":
+            continue
+        rest = rest[1:].lstrip()
+        if rest[:1] != b'"':
+            continue
+        end = rest.find(b'"', 1)
+        while end > 0 and rest[end - 1] == 0x5C:
+            end = rest.find(b'"', end + 1)
+        if end > 0:
+            try:
+                return rest[1:end].decode()
+            except UnicodeDecodeError:
+                return None
+        return None
+
+
+async def _send_simple(send: Send, status: int, body: bytes, request_id: str,
+                       extra: dict[str, str]) -> None:
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()),
+               (REQUEST_ID_HEADER, request_id.encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import Daemon, init_home, provider_env
+from tests.support.fake_upstream import FakeUpstream
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[Daemon, str]]:
+    """One shared daemon for the read-only proxy tests; its first key."""
+    home = tmp_path_factory.mktemp("home")
+    key = init_home(home)
+    daemon = Daemon(home, env=provider_env(upstream.url)).start()
+    yield daemon, key
+    daemon.stop()
+
+
+@pytest.fixture
+def fresh_home(tmp_path: Path) -> tuple[Path, str]:
+    home = tmp_path / "home"
+    return home, init_home(home)
+
+
+@pytest.fixture
+def tag() -> str:
+    """A unique value for X-Majordomo-Test, to find this test's record in the spool."""
+    return uuid.uuid4().hex

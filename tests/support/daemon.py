@@ -1,0 +1,126 @@
+"""`steward run` as a real process on a free loopback port, ready when it says READY=1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steward.spool import read_records
+
+STEWARD = str(Path(sys.executable).with_name("steward"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cli(*args: str, home: Path | None = None, input: str | None = None,
+        env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the steward command the way an operator would."""
+    argv = [STEWARD, *args] + (["--home", str(home)] if home is not None else [])
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    result = subprocess.run(argv, capture_output=True, text=True, input=input, env=full_env,
+                            timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def init_home(home: Path) -> str:
+    """`steward init`; returns the first gateway key it prints."""
+    result = cli("init", home=home)
+    return next(line for line in result.stdout.splitlines() if line.startswith("mdm_sk_"))
+
+
+def provider_env(upstream_url: str) -> dict[str, str]:
+    return {
+        "STEWARD_PROVIDERS__OPENAI__BASE_URL": upstream_url + "/v1",
+        "STEWARD_PROVIDERS__ANTHROPIC__BASE_URL": upstream_url,
+        "STEWARD_PROVIDERS__GEMINI__BASE_URL": upstream_url,
+        "STEWARD_PROVIDERS__TOGETHER__FORMAT": "openai",
+        "STEWARD_PROVIDERS__TOGETHER__BASE_URL": upstream_url + "/together/v1",
+    }
+
+
+@dataclass
+class Daemon:
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()
+    notifications: list[str] = field(default_factory=list)
+    notify: socket.socket = field(init=False, repr=False)
+    _notify_dir: str = field(init=False, repr=False, default="")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "daemon.log"
+
+    def start(self, timeout: float = 30.0) -> Daemon:
+        """Start and wait for READY=1 on a notify socket that stays open until stop()."""
+        self.port = free_port()
+        self._notify_dir = tempfile.mkdtemp(prefix="steward-notify-")
+        notify_path = os.path.join(self._notify_dir, "notify.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(notify_path)
+        env = {**os.environ, **self.env, "NOTIFY_SOCKET": notify_path, "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [STEWARD, "run", "--home", str(self.home), "--port", str(self.port), *self.args],
+                env=env, stdout=log, stderr=subprocess.STDOUT)
+        if not self.wait_for_notification("READY=1", timeout):
+            self.stop()
+            raise AssertionError(f"steward did not become ready:\n{self.log()}")
+        return self
+
+    def wait_for_notification(self, wanted: str, timeout: float = 30.0) -> bool:
+        self.notify.settimeout(timeout)
+        try:
+            while True:
+                message = self.notify.recv(4096).decode()
+                self.notifications.append(message)
+                if wanted in message:
+                    return True
+        except TimeoutError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        code = self.process.returncode
+        self.process = None
+        self.notify.close()
+        shutil.rmtree(self._notify_dir, ignore_errors=True)
+        return code
+
+    def records(self) -> list[dict[str, Any]]:
+        return read_records(self.home / "spool")
+
+    def record_tagged(self, name: str, value: str) -> dict[str, Any]:
+        found = [r for r in self.records() if r["tags"].get(name) == value]
+        assert len(found) == 1, f"expected one record tagged {name}={value}, got {found}"
+        return found[0]
