@@ -11,6 +11,7 @@ import asyncio
 import base64
 import gzip
 import json
+import re
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ CREATED = 1_700_000_000
 
 def dated(model: str) -> str:
     """The provider reports a dated snapshot of the model asked for."""
-    return model if model[-1:].isdigit() else f"{model}-2024-08-06"
+    return model if re.search(r"-\d{4}-\d{2}-\d{2}$|-\d{8}$", model) else f"{model}-2024-08-06"
 
 
 @dataclass
@@ -54,6 +55,8 @@ class FakeUpstream:
     host: str = "127.0.0.1"
     port: int = 0
     requests: list[Seen] = field(default_factory=list)
+    closed_streams: int = 0
+    stream_closed: threading.Event = field(default_factory=threading.Event)
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
     _thread: threading.Thread | None = None
@@ -149,6 +152,17 @@ class FakeUpstream:
 
     # -- transport helpers ------------------------------------------------------------------
 
+    async def _wait_for_close(self, request: web.Request, limit: float = 120.0) -> None:
+        """Hold a stream open until the peer (Steward) closes it; count the close."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while loop.time() < deadline:
+            if request.transport is None or request.transport.is_closing():
+                self.closed_streams += 1
+                self.stream_closed.set()
+                return
+            await asyncio.sleep(0.02)
+
     def json(self, obj: Any, behavior: str) -> web.Response:
         data = json.dumps(obj).encode()
         if behavior == "gzip":
@@ -167,7 +181,8 @@ class FakeUpstream:
             frame = (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
             await response.write(frame.encode())
             if index == 1 and behavior == "stall":
-                await asyncio.sleep(3600)
+                await self._wait_for_close(request)
+                return response
             if index == 1 and behavior == "reset":
                 assert request.transport is not None
                 request.transport.abort()
