@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from contextlib import suppress
 
@@ -38,6 +39,12 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        if os.environ.get("STEWARD_ASYNCIO_DEBUG") == "1":
+            # Every callback that holds the loop for 10 ms or more is logged: the test suite
+            # runs its shared daemon this way and fails on any such line.
+            loop = asyncio.get_running_loop()
+            loop.set_debug(True)
+            loop.slow_callback_duration = 0.010
         self._db = await asyncio.to_thread(db.connect, self.config.home / DB_FILE)
         await asyncio.to_thread(self._refresh_keys)
         self.sessions = {name: make_session(self.config.limits) for name in self.router.upstreams}

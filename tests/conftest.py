@@ -23,7 +23,8 @@ def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
     """One shared daemon for the read-only proxy tests; its first key."""
     home = tmp_path_factory.mktemp("home")
     key = init_home(home)
-    daemon = Daemon(home, env=provider_env(upstream.url)).start()
+    env = {**provider_env(upstream.url), "STEWARD_ASYNCIO_DEBUG": "1"}
+    daemon = Daemon(home, env=env).start()
     yield daemon, key
     daemon.stop()
 

@@ -58,6 +58,7 @@ class Daemon:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     args: tuple[str, ...] = ()
+    prefix: tuple[str, ...] = ()  # e.g. ("taskset", "-c", "1") for the benchmark
     notifications: list[str] = field(default_factory=list)
     notify: socket.socket = field(init=False, repr=False)
     _notify_dir: str = field(init=False, repr=False, default="")
@@ -80,7 +81,8 @@ class Daemon:
         env = {**os.environ, **self.env, "NOTIFY_SOCKET": notify_path, "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [STEWARD, "run", "--home", str(self.home), "--port", str(self.port), *self.args],
+                [*self.prefix, STEWARD, "run", "--home", str(self.home),
+                 "--port", str(self.port), *self.args],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
         if not self.wait_for_notification("READY=1", timeout):
             self.stop()
