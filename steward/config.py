@@ -100,6 +100,8 @@ class ProviderConfig:
 
     format: str = field(default="openai", metadata={"check": _wire_format})
     base_url: str = field(default="", metadata={"check": _http_url})
+    # False: Steward replaces whatever credential the caller sends with the stored key.
+    allow_caller_credentials: bool = True
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,25 @@ MIGRATIONS: list[str] = [
         last_used_at REAL
     );
     """,
+    # 2: encrypted secrets and a check value for the master key.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE provider_keys (
+        provider TEXT NOT NULL,
+        scope TEXT NOT NULL,            -- '*' for the provider default, else a gateway key id
+        sealed BLOB NOT NULL,
+        last4 TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_used_at REAL,
+        PRIMARY KEY (provider, scope)
+    );
+    CREATE TABLE sealed_secrets (
+        name TEXT PRIMARY KEY,          -- e.g. 'upload-token', 'bucket-credentials'
+        purpose TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -61,6 +80,16 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
     for statement in filter(str.strip, script.split(";")):
         conn.execute(statement)
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
 
 class transaction:

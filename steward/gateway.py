@@ -11,11 +11,14 @@ from contextlib import suppress
 
 import aiohttp
 
-from . import db, gateway_keys
+from . import db, gateway_keys, master_key, provider_keys
 from .config import Config
+from .crypto import DecryptError, Vault
+from .errors import StewardError
 from .gateway_keys import KeyIndex
 from .home import DB_FILE
 from .notify import notify
+from .provider_keys import CredentialIndex
 from .proxy import Proxy
 from .routing import Router
 from .spool import Spool
@@ -31,6 +34,8 @@ class Gateway:
         self.config = config
         self.router = Router(config.providers)
         self.keys = KeyIndex()
+        self.credentials = CredentialIndex()
+        self._vault: Vault | None = None
         self.spool = Spool(config.home / "spool", config.fsync_interval)
         self.sessions: dict[str, aiohttp.ClientSession] = {}
         self.proxy: Proxy | None = None
@@ -46,10 +51,12 @@ class Gateway:
             loop.set_debug(True)
             loop.slow_callback_duration = 0.010
         self._db = await asyncio.to_thread(db.connect, self.config.home / DB_FILE)
+        self._vault, _ = await asyncio.to_thread(master_key.open_vault, self.config.home,
+                                                 self._db)
         await asyncio.to_thread(self._refresh_keys)
         self.sessions = {name: make_session(self.config.limits) for name in self.router.upstreams}
         limits = self.config.limits
-        self.proxy = Proxy(self.router, self.keys, self.sessions, self.spool,
+        self.proxy = Proxy(self.router, self.keys, self.credentials, self.sessions, self.spool,
                            max_body_bytes=limits.max_body_bytes, max_tags=limits.max_tags,
                            max_tag_bytes=limits.max_tag_bytes)
         self._tasks = [asyncio.create_task(self._keep_keys_fresh()),
@@ -76,13 +83,24 @@ class Gateway:
         assert self._db is not None
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:
+            assert self._vault is not None
             self.keys.by_hash = gateway_keys.load_hashes(self._db)
+            try:
+                self.credentials.keys = provider_keys.load_all(self._db, self._vault)
+            except DecryptError:  # the master key was rotated: find the new one
+                self._vault, _ = master_key.open_vault(self.config.home, self._db)
+                self.credentials.keys = provider_keys.load_all(self._db, self._vault)
             self._data_version = version
 
     def _flush_last_used(self) -> None:
+        if self._db is None:
+            return
         used = self.keys.take_last_used()
-        if used and self._db is not None:
+        if used:
             gateway_keys.record_last_used(self._db, used.items())
+        provider_used = self.credentials.take_last_used()
+        if provider_used:
+            provider_keys.record_last_used(self._db, provider_used.items())
 
     async def _keep_keys_fresh(self) -> None:
         while True:
@@ -90,5 +108,5 @@ class Gateway:
             try:
                 await asyncio.to_thread(self._flush_last_used)
                 await asyncio.to_thread(self._refresh_keys)
-            except sqlite3.Error as exc:
-                log.error("could not refresh gateway keys from the database: %s", exc)
+            except (sqlite3.Error, StewardError) as exc:
+                log.error("could not refresh keys from the database: %s", exc)

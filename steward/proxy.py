@@ -12,13 +12,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 from yarl import URL
 
 from .errors import GatewayError
 from .exchange import Exchange
-from .gateway_keys import KeyIndex
+from .gateway_keys import KEY_PREFIX, KeyIndex
+from .provider_keys import CredentialIndex
 from .providers.base import DecodingMeter, Meter, WireFormat
 from .routing import Router
 from .spool import Spool
@@ -49,10 +51,12 @@ def filter_accept_encoding(value: bytes) -> bytes:
 
 
 class Proxy:
-    def __init__(self, router: Router, keys: KeyIndex, sessions: dict[str, aiohttp.ClientSession],
-                 spool: Spool, *, max_body_bytes: int, max_tags: int, max_tag_bytes: int):
+    def __init__(self, router: Router, keys: KeyIndex, credentials: CredentialIndex,
+                 sessions: dict[str, aiohttp.ClientSession], spool: Spool, *,
+                 max_body_bytes: int, max_tags: int, max_tag_bytes: int):
         self.router = router
         self.keys = keys
+        self.credentials = credentials
         self.sessions = sessions
         self.spool = spool
         self.max_body_bytes = max_body_bytes
@@ -67,7 +71,10 @@ class Proxy:
             headers, key_value, provider = self._split_headers(ex, scope["headers"])
             ex.upstream, ex.route = self.router.resolve(ex.method, ex.path, provider)
             fmt = ex.upstream.fmt
+            headers, key_value, caller_credential = self._take_credentials(ex, headers,
+                                                                           key_value)
             self._authenticate(ex, key_value)
+            self._inject_credential(ex, headers, caller_credential)
             body = await self._read_body(scope, receive)
             ex.request_model = ex.route.model or _find_model(body)
             await self._forward(ex, headers, body, receive, send)
@@ -122,6 +129,62 @@ class Proxy:
             else:
                 forward.append((name.decode("latin-1"), value.decode("latin-1")))
         return forward, key_value, provider
+
+    def _take_credentials(self, ex: Exchange, headers: list[tuple[str, str]],
+                          key_value: str | None
+                          ) -> tuple[list[tuple[str, str]], str | None, bool]:
+        """Pull a gateway key sent in the provider's own credential header (so an app sets only
+        base_url and api_key) and note whether the caller brought a provider credential."""
+        assert ex.upstream is not None
+        names = self._credential_names(ex)
+        kept: list[tuple[str, str]] = []
+        caller = False
+        for name, value in headers:
+            if name in names:
+                token = value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
+                if token.startswith(KEY_PREFIX):
+                    key_value = key_value or token
+                    continue  # a gateway key never reaches the provider
+                caller = True
+            kept.append((name, value))
+        if ex.upstream.fmt.name == "gemini" and b"key=" in ex.query:
+            pairs = parse_qsl(ex.query.decode("latin-1"), keep_blank_values=True)
+            gateway = [v for k, v in pairs if k == "key" and v.startswith(KEY_PREFIX)]
+            if gateway:
+                key_value = key_value or gateway[0]
+                ex.query = urlencode([(k, v) for k, v in pairs if k != "key"]).encode()
+            caller = caller or any(k == "key" for k, v in pairs if not v.startswith(KEY_PREFIX))
+        return kept, key_value, caller
+
+    def _credential_names(self, ex: Exchange) -> set[str]:
+        assert ex.upstream is not None
+        return {n.decode() for n in ex.upstream.fmt.credential_headers}
+
+    def _inject_credential(self, ex: Exchange, headers: list[tuple[str, str]],
+                           caller: bool) -> None:
+        """The stored key for this gateway key (else the provider default), when the caller
+        sent none or the provider does not allow callers' own credentials."""
+        assert ex.upstream is not None and ex.key is not None
+        upstream = ex.upstream
+        if caller and upstream.allow_caller_credentials:
+            return
+        stored = self.credentials.lookup(upstream.name, ex.key.id, time.time())
+        header = upstream.fmt.credential_header("…")[0]
+        if stored is None:
+            if caller:
+                raise GatewayError(401, f"{upstream.name} does not accept callers' own "
+                                   "credentials here (allow_caller_credentials = false) and no "
+                                   f"key is stored: run `steward providers set {upstream.name}`")
+            raise GatewayError(401, f"No {upstream.name} API key: send your own in the "
+                               f"{header} header, or have the operator store one with "
+                               f"`steward providers set {upstream.name}`.")
+        if caller:
+            names = self._credential_names(ex)
+            headers[:] = [(n, v) for n, v in headers if n not in names]
+            if upstream.fmt.name == "gemini" and b"key=" in ex.query:
+                pairs = parse_qsl(ex.query.decode("latin-1"), keep_blank_values=True)
+                ex.query = urlencode([(k, v) for k, v in pairs if k != "key"]).encode()
+        headers.append(upstream.fmt.credential_header(stored))
 
     def _authenticate(self, ex: Exchange, presented: str | None) -> None:
         if not presented:

@@ -26,12 +26,14 @@ class Upstream:
     name: str
     fmt: WireFormat
     base_url: str
+    allow_caller_credentials: bool = True
 
 
 class Router:
     def __init__(self, providers: Mapping[str, ProviderConfig]):
         self.upstreams = {
-            name: Upstream(name, FORMATS[p.format], p.base_url.rstrip("/"))
+            name: Upstream(name, FORMATS[p.format], p.base_url.rstrip("/"),
+                           p.allow_caller_credentials)
             for name, p in providers.items()
         }
         self._detect = [FORMATS[name] for name in _DETECTION_ORDER if name in FORMATS]

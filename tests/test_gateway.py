@@ -20,7 +20,8 @@ BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
 def chat(daemon: Daemon, key: str, **headers: str) -> httpx.Response:
     return httpx.post(daemon.url + "/v1/chat/completions", json=BODY, timeout=30,
-                      headers={"X-Majordomo-Key": key, **headers})
+                      headers={"X-Majordomo-Key": key, "Authorization": "Bearer sk-caller",
+                               **headers})
 
 
 @pytest.fixture
@@ -95,7 +96,7 @@ def test_upstream_unreachable_is_502(fresh_home: tuple[Path, str]) -> None:
     running = Daemon(home, env=provider_env(dead)).start()
     try:
         got = httpx.post(running.url + "/v1/messages", json={"model": "claude"},
-                         headers={"X-Majordomo-Key": key})
+                         headers={"X-Majordomo-Key": key, "x-api-key": "sk-ant-caller"})
         assert got.status_code == 502
         body = got.json()
         assert body["type"] == "error" and "cannot reach anthropic" in body["error"]["message"]
@@ -109,7 +110,7 @@ def test_client_disconnect_mid_stream_closes_upstream(daemon: tuple[Daemon, str]
     upstream.stream_closed.clear()
     before = upstream.closed_streams
     headers = {"X-Majordomo-Key": key, "X-Majordomo-Case": "disconnect",
-               "x-fake-behavior": "stall"}
+               "x-fake-behavior": "stall", "Authorization": "Bearer sk-caller"}
     with httpx.stream("POST", running.url + "/v1/chat/completions", headers=headers,
                       json={**BODY, "stream": True}, timeout=30) as response:
         first = next(response.iter_raw())
@@ -121,3 +122,21 @@ def test_client_disconnect_mid_stream_closes_upstream(daemon: tuple[Daemon, str]
                                if r["tags"].get("case") == "disconnect"], 5, "the record")[0]
     assert record["error"] == "client disconnected"
     assert record["status"] == 200  # what the upstream said; the error says what happened
+
+
+def test_two_workers_serve_and_each_spools(fresh_home: tuple[Path, str],
+                                           upstream: FakeUpstream) -> None:
+    home, key = fresh_home
+    running = Daemon(home, env=provider_env(upstream.url), args=("--workers", "2")).start()
+    try:
+        with httpx.Client(base_url=running.url, timeout=30) as client:
+            for _ in range(40):
+                got = client.post("/v1/chat/completions", json=BODY,
+                                  headers={"X-Majordomo-Key": key, "Connection": "close",
+                                           "Authorization": "Bearer sk-caller"})
+                assert got.status_code == 200
+    finally:
+        assert running.stop() == 0
+    records = running.records()
+    assert len(records) == 40 and all(r["input_tokens"] == 25 for r in records)
+    assert len({p.name.split("-")[1] for p in (home / "spool").glob("*.ndjson")}) >= 1

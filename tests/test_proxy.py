@@ -28,6 +28,15 @@ def via_steward(gateway: Gateway, tag: str) -> dict[str, str]:
             "X-Majordomo-Team": "search"}
 
 
+CALLER_CREDENTIALS = {"Authorization": "Bearer sk-caller", "x-api-key": "sk-ant-caller",
+                      "x-goog-api-key": "g-caller"}
+
+
+def raw_headers(gateway: Gateway, tag: str) -> dict[str, str]:
+    """For plain HTTP calls: the gateway key plus a caller credential for every provider."""
+    return {**via_steward(gateway, tag), **CALLER_CREDENTIALS}
+
+
 def openai_pair(gateway: Gateway, upstream: FakeUpstream, tag: str
                 ) -> tuple[openai.OpenAI, openai.OpenAI]:
     through = openai.OpenAI(base_url=gateway[0].url + "/v1", api_key="sk-caller",
@@ -235,7 +244,7 @@ def test_gemini_stream(gateway: Gateway, upstream: FakeUpstream, tag: str) -> No
 def test_gemini_json_array_stream(gateway: Gateway, upstream: FakeUpstream, tag: str) -> None:
     url = "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
     body = {"contents": [{"parts": [{"text": "hi"}]}]}
-    got = httpx.post(gateway[0].url + url, json=body, headers=via_steward(gateway, tag))
+    got = httpx.post(gateway[0].url + url, json=body, headers=raw_headers(gateway, tag))
     want = httpx.post(upstream.url + url, json=body)
     assert got.status_code == 200 and got.content == want.content
     record = gateway[0].record_tagged("test", tag)
@@ -245,7 +254,7 @@ def test_gemini_json_array_stream(gateway: Gateway, upstream: FakeUpstream, tag:
 def test_gemini_v1_path_and_key_in_query(gateway: Gateway, upstream: FakeUpstream, tag: str
                                          ) -> None:
     got = httpx.post(gateway[0].url + "/v1/models/gemini-2.0-flash:generateContent?key=g-q",
-                     json={"contents": []}, headers=via_steward(gateway, tag))
+                     json={"contents": []}, headers=raw_headers(gateway, tag))
     assert got.status_code == 200
     assert upstream.last().query == "key=g-q"
     assert gateway[0].record_tagged("test", tag)["model"] == "gemini-2.0-flash"
@@ -257,7 +266,7 @@ def test_gemini_v1_path_and_key_in_query(gateway: Gateway, upstream: FakeUpstrea
 def test_streams_are_relayed_chunk_by_chunk(gateway: Gateway, upstream: FakeUpstream,
                                             tag: str) -> None:
     """The upstream paces events 0.3 s apart: the first must arrive long before the last."""
-    headers = {**via_steward(gateway, tag), "x-fake-behavior": "pace:0.3"}
+    headers = {**raw_headers(gateway, tag), "x-fake-behavior": "pace:0.3"}
     body = {"model": "gpt-4o", "messages": MESSAGES, "stream": True}
     arrivals = []
     with httpx.stream("POST", gateway[0].url + "/v1/chat/completions", json=body,
@@ -281,14 +290,14 @@ def test_gzip_response_reaches_the_sdk_decoded(gateway: Gateway, upstream: FakeU
 def test_accept_encoding_narrowed_to_codings_steward_reads(gateway: Gateway,
                                                            upstream: FakeUpstream,
                                                            tag: str) -> None:
-    headers = {**via_steward(gateway, tag), "Accept-Encoding": "br, gzip;q=0.8, zstd"}
+    headers = {**raw_headers(gateway, tag), "Accept-Encoding": "br, gzip;q=0.8, zstd"}
     httpx.get(gateway[0].url + "/v1/models", headers=headers)
     assert upstream.last().headers["Accept-Encoding"] == "gzip;q=0.8"
 
 
 def test_hop_by_hop_headers_are_not_forwarded(gateway: Gateway, upstream: FakeUpstream,
                                               tag: str) -> None:
-    headers = {**via_steward(gateway, tag), "Connection": "keep-alive, x-private",
+    headers = {**raw_headers(gateway, tag), "Connection": "keep-alive, x-private",
                "x-private": "secret", "Keep-Alive": "timeout=5", "x-custom": "kept"}
     httpx.get(gateway[0].url + "/v1/models", headers=headers)
     seen = {k.lower() for k in upstream.last().headers}
@@ -373,7 +382,8 @@ def test_provider_header_cannot_steer_to_another_host(gateway: Gateway, upstream
 def test_body_over_limit_is_413(gateway: Gateway) -> None:
     # The shared daemon keeps the default 32 MiB limit; 33 MiB is refused before upstream.
     got = httpx.post(gateway[0].url + "/v1/messages", content=b"x" * (33 * 1024 * 1024),
-                     headers={"X-Majordomo-Key": gateway[1], "Content-Type": "application/json"},
+                     headers={"X-Majordomo-Key": gateway[1], "x-api-key": "sk-ant-caller",
+                              "Content-Type": "application/json"},
                      timeout=60)
     assert got.status_code == 413
     assert got.json()["error"]["type"] == "request_too_large"

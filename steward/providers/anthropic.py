@@ -93,6 +93,9 @@ class AnthropicFormat(WireFormat):
             return Route(endpoint=path[4:], upstream_path=path)
         return None
 
+    def credential_header(self, api_key: str) -> tuple[str, str]:
+        return ("x-api-key", api_key)
+
     def error_body(self, status: int, message: str) -> bytes:
         kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()

@@ -57,6 +57,10 @@ class WireFormat:
         """The route for a path this format owns, else None."""
         raise NotImplementedError
 
+    def credential_header(self, api_key: str) -> tuple[str, str]:
+        """The header that carries a stored provider key injected by Steward."""
+        raise NotImplementedError
+
     def fallback_route(self, path: str) -> Route:
         """A path this format does not know, sent here by X-Majordomo-Provider."""
         return Route(endpoint=path, upstream_path=path)

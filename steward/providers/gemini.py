@@ -105,6 +105,9 @@ class GeminiFormat(WireFormat):
             return None
         return Route(endpoint=match.group(3), upstream_path=path, model=match.group(2))
 
+    def credential_header(self, api_key: str) -> tuple[str, str]:
+        return ("x-goog-api-key", api_key)
+
     def error_body(self, status: int, message: str) -> bytes:
         return json.dumps({"error": {"code": status, "message": message,
                                      "status": _STATUS.get(status, "INTERNAL")}}).encode()

@@ -128,6 +128,9 @@ class OpenAIFormat(WireFormat):
             return Route(endpoint=rest.lstrip("/"), upstream_path=rest)
         return None
 
+    def credential_header(self, api_key: str) -> tuple[str, str]:
+        return ("authorization", f"Bearer {api_key}")
+
     def fallback_route(self, path: str) -> Route:
         rest = _strip_version(path)
         return Route(endpoint=rest.lstrip("/"), upstream_path=rest)
