@@ -24,6 +24,10 @@ from steward.config import effective_dict, load_config, parse_duration, set_valu
 from steward.crypto import Vault
 from steward.errors import StewardError
 from steward.home import DB_FILE, init_home, require_home, resolve_home
+from steward.spool import read_records
+from steward.upload import backlog, lock_is_free
+from steward.upload_formats import UPLOAD_TOKEN, make_uploader
+from steward.usage_report import Group, parse_since, summarize
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="Steward: a self-hosted gateway for OpenAI, Anthropic and Gemini.")
@@ -38,6 +42,10 @@ app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(providers_app, name="providers")
+upload_app = typer.Typer(no_args_is_help=True, help="Where metadata records are uploaded.")
+spool_app = typer.Typer(no_args_is_help=True, help="The local metadata spool.")
+app.add_typer(upload_app, name="upload")
+app.add_typer(spool_app, name="spool")
 
 
 class KeyStore(enum.StrEnum):
@@ -309,6 +317,139 @@ def providers_remove(provider: ProviderArg, for_key: ForOption = None,
     with _db(_home(home)) as conn:
         provider_keys.remove_key(conn, provider, _scope(conn, for_key))
     out.print(f"Removed the stored {provider} key.")
+
+
+@upload_app.command("set")
+def upload_set(url: Annotated[str, typer.Argument(help="The collector's URL")],
+               token_stdin: Annotated[bool, typer.Option(
+                   "--token-stdin", help="Read a bearer token from standard input.")] = False,
+               format: Annotated[str | None, typer.Option(
+                   help="ndjson (default) or majordomo.")] = None,
+               home: HomeOption = None) -> None:
+    """Upload metadata records to URL (the token is stored encrypted)."""
+    target = _home(home)
+    set_value(target, "metadata.upload_url", url)
+    if format is not None:
+        set_value(target, "metadata.format", format)
+    if token_stdin:
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise StewardError("--token-stdin: no token on standard input")
+        with _db(target) as conn:
+            provider_keys.set_secret(conn, _vault(target, conn), UPLOAD_TOKEN, "upload-token",
+                                     token)
+    out.print(f"Metadata will be uploaded to {url}" + (" with a bearer token" if token_stdin
+                                                        else "") +
+              ". Restart the gateway (or send SIGHUP) to apply.", highlight=False)
+
+
+@spool_app.command("status")
+def spool_status(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Records waiting for upload, the oldest one's age, the last upload, rejected batches."""
+    target = _home(home)
+    config = load_config(target)
+    status = {"upload_url": effective_dict(config)["metadata"]["upload_url"] or None,
+              **backlog(target / "spool")}
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return
+    table = Table("", "", show_header=False, box=None)
+    table.add_row("upload to", status["upload_url"] or "nowhere (records stay local)")
+    table.add_row("pending records", str(status["pending_records"]))
+    table.add_row("oldest pending", status["oldest_pending"] or "-")
+    table.add_row("last success", _when(status["last_success_at"]))
+    table.add_row("last error", status["last_error"] or "-")
+    rejected = status["rejected_batches"]
+    table.add_row("rejected batches", f"[red]{rejected}[/] in {status['rejected_dir']}"
+                  if rejected else "0")
+    out.print(table)
+
+
+@spool_app.command("flush")
+def spool_flush(home: HomeOption = None,
+                timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 60.0) -> None:
+    """Upload every pending record now and wait until done."""
+    import asyncio
+
+    import httpx
+
+    target = _home(home)
+    config = load_config(target)
+    if not config.metadata.upload_url:
+        raise StewardError("no upload endpoint: set one with `steward upload set URL`")
+    spool_dir = target / "spool"
+    deadline = time.monotonic() + timeout
+    if lock_is_free(spool_dir):  # no gateway is uploading: do it here
+        with _db(target) as conn:
+            token = provider_keys.get_secret(conn, _vault(target, conn), UPLOAD_TOKEN)
+
+        async def drain() -> None:
+            uploader = make_uploader(config, token)
+            try:
+                while time.monotonic() < deadline:
+                    delay = await uploader.step()
+                    if delay is None:
+                        return
+                    if delay > 0:
+                        raise StewardError(f"upload failed: {uploader.status['last_error']}")
+            finally:
+                await uploader.client.aclose()
+
+        asyncio.run(drain())
+    else:  # a running gateway holds the uploader: wake it and watch the backlog drain
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"http://{config.server.host}:{config.server.port}/_steward/flush",
+                       timeout=5)
+        while backlog(spool_dir)["pending_records"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    left = backlog(spool_dir)
+    if left["pending_records"]:
+        raise StewardError(f"{left['pending_records']} record(s) still pending after "
+                           f"{timeout:g}s; last error: {left['last_error'] or 'none'}")
+    out.print("All metadata records are uploaded.")
+
+
+@app.command()
+def usage(since: Annotated[str, typer.Option(help="24h, 7d, or a date")] = "24h",
+          by: Annotated[str, typer.Option(help="model, provider, key or tag:NAME")] = "model",
+          watch: Annotated[bool, typer.Option(help="Refresh every 2 seconds.")] = False,
+          home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Requests, tokens, cost and latency per group, from the local spool."""
+    target = _home(home)
+    start = parse_since(since)
+    with _db(target) as conn:
+        names = {k.id: k.name for k in gateway_keys.list_keys(conn)}
+
+    def render() -> tuple[Table, list[Group], Group]:
+        groups, total = summarize(read_records(target / "spool"), by, start, names)
+        table = Table(by, "requests", "input", "output", "cache read", "cache write",
+                      "cost (USD)", "p50 ms", "p95 ms", title=f"Usage since {since}")
+        for g in [*groups, total]:
+            p50, p95 = g.percentile(50), g.percentile(95)
+            cost = f"{g.cost:.6f}" + (f" (+{g.unpriced} unpriced)" if g.unpriced else "")
+            style = "bold" if g is total else None
+            table.add_row(g.name, f"{g.requests:,}", f"{g.input_tokens:,}",
+                          f"{g.output_tokens:,}", f"{g.cache_read_tokens:,}",
+                          f"{g.cache_write_tokens:,}", cost,
+                          "-" if p50 is None else f"{p50:.1f}",
+                          "-" if p95 is None else f"{p95:.1f}", style=style,
+                          end_section=g is groups[-1] if groups else False)
+        return table, groups, total
+
+    if as_json:
+        _, groups, total = render()
+        print(json.dumps({"since": start, "by": by, "groups": [g.as_dict() for g in groups],
+                          "total": total.as_dict()}, indent=2))
+        return
+    if not watch:
+        out.print(render()[0])
+        return
+    from rich.live import Live
+
+    with Live(render()[0], console=out, refresh_per_second=1) as live:
+        while True:
+            time.sleep(2)
+            live.update(render()[0])
 
 
 def main() -> None:

@@ -41,6 +41,14 @@ def create_app(config: Config | None = None) -> Any:
         served = gateway.proxy.served if gateway.proxy else 0
         return {"status": "ok", "requests_served": served}
 
+    @quart.post(ADMIN_PREFIX + "flush")
+    async def _flush() -> tuple[dict[str, Any], int]:
+        """Wake the uploader now (used by `steward spool flush`)."""
+        if gateway.uploader is None:
+            return {"uploading": False}, 200
+        gateway.uploader.wake.set()
+        return {"uploading": True}, 202
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope["path"].startswith(ADMIN_PREFIX):
             assert gateway.proxy is not None, "lifespan startup has not run"

@@ -120,12 +120,22 @@ class BodiesConfig:
     url: str = ""  # empty: file://<home>/bodies
 
 
+def _upload_format(v: str) -> None:
+    if v not in ("ndjson", "majordomo"):
+        raise ValueError("must be ndjson or majordomo")
+
+
 @dataclass(frozen=True)
 class MetadataConfig:
     upload_url: str = field(default="", metadata={"check": _optional_http_url})
+    format: str = field(default="ndjson", metadata={"check": _upload_format})
     batch_size: int = field(default=500, metadata=_int_between(1, 100000))
     interval: float = field(default=5.0, metadata={**DURATION, "check": _positive})
     fsync: str = field(default="1s", metadata={"check": _fsync_policy})
+    retention: float = field(default=7 * 86400.0, metadata={**DURATION, "check": _positive})
+    max_spool_bytes: int = field(default=1024**3, metadata={**SIZE, "check": _positive})
+    segment_max_bytes: int = field(default=64 * 1024**2, metadata={**SIZE, "check": _positive})
+    segment_max_age: float = field(default=3600.0, metadata={**DURATION, "check": _positive})
 
 
 DEFAULT_PROVIDERS: dict[str, ProviderConfig] = {
@@ -394,9 +404,14 @@ DEFAULT_TOML = """\
 
 [metadata]
 # upload_url = ""              # empty: records stay in the local spool
+# format = "ndjson"            # or "majordomo" for Majordomo's control plane
 # batch_size = 500
 # interval = "5s"
 # fsync = "1s"                 # always | never | an interval
+# retention = "7d"             # uploaded segments are kept this long for `steward usage`
+# max_spool_bytes = "1GiB"     # a larger upload backlog is logged loudly (never dropped)
+# segment_max_bytes = "64MiB"
+# segment_max_age = "1h"
 
 # Built-in providers; override base_url to use a proxy or a regional endpoint.
 # [providers.openai]

@@ -22,6 +22,8 @@ from .provider_keys import CredentialIndex
 from .proxy import Proxy
 from .routing import Router
 from .spool import Spool
+from .upload import Uploader
+from .upload_formats import UPLOAD_TOKEN, make_uploader
 from .upstream import make_session
 
 log = logging.getLogger("steward")
@@ -36,7 +38,10 @@ class Gateway:
         self.keys = KeyIndex()
         self.credentials = CredentialIndex()
         self._vault: Vault | None = None
-        self.spool = Spool(config.home / "spool", config.fsync_interval)
+        meta = config.metadata
+        self.spool = Spool(config.home / "spool", config.fsync_interval,
+                           meta.segment_max_bytes, meta.segment_max_age)
+        self.uploader: Uploader | None = None
         self.sessions: dict[str, aiohttp.ClientSession] = {}
         self.proxy: Proxy | None = None
         self._db: sqlite3.Connection | None = None
@@ -61,6 +66,11 @@ class Gateway:
                            max_tag_bytes=limits.max_tag_bytes)
         self._tasks = [asyncio.create_task(self._keep_keys_fresh()),
                        asyncio.create_task(self.spool.run_fsync())]
+        if self.config.metadata.upload_url:
+            token = await asyncio.to_thread(provider_keys.get_secret, self._db, self._vault,
+                                            UPLOAD_TOKEN)
+            self.uploader = make_uploader(self.config, token)
+            self._tasks.append(asyncio.create_task(self.uploader.run()))
         notify("READY=1")  # the listener is bound before start-up begins
 
 

@@ -7,6 +7,7 @@ record is one whole line even without locks.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ class Spool:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         self.path = self.directory / f"{stamp}-{os.getpid()}-{secrets.token_hex(3)}{SEGMENT_SUFFIX}"
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        _OPEN_HERE.add(self.path.name)
         self._opened_at = time.monotonic()
         self._size = 0
 
@@ -52,6 +54,8 @@ class Spool:
 
     def _close_segment(self) -> None:
         fd, self._fd = self._fd, -1
+        if self.path is not None:
+            _OPEN_HERE.discard(self.path.name)
         if fd >= 0:
             if self.fsync_interval is not None:
                 os.fsync(fd)
@@ -98,6 +102,44 @@ class Spool:
 
     def close(self) -> None:
         self._close_segment()
+
+
+_OPEN_HERE: set[str] = set()  # segments this process is appending to
+
+
+def _process_started_at(pid: int) -> float | None:
+    """Epoch seconds a process started (Linux), to tell a reused PID from the writer."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def segment_writer_alive(path: Path) -> bool:
+    """Segments are named <UTC time>-<pid>-<random>: is their writer still appending?
+
+    A PID can be reused (in a container Steward may be PID 1 on every start), so the process
+    must also have started before the segment was created.
+    """
+    try:
+        stamp, pid_text = path.name.split("-")[:2]
+        pid = int(pid_text)
+        created = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%S"))
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return path.name in _OPEN_HERE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    started = _process_started_at(pid)
+    return started is None or started <= created + 1
 
 
 def read_records(directory: Path) -> list[dict[str, Any]]:
