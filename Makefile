@@ -23,11 +23,11 @@ run: $(VENV)/.installed
 	$(BIN)/steward run
 
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check steward cli tests bench
+	$(BIN)/ruff check steward cli tests bench packaging
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check steward cli tests bench
+	$(BIN)/ruff check steward cli tests bench packaging
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from steward import db, gateway_keys, master_key, provider_keys
+from steward import db, gateway_keys, master_key, pricing, provider_keys
 from steward.config import effective_dict, load_config, parse_duration, set_value, with_server
 from steward.crypto import Vault
 from steward.errors import StewardError
@@ -46,6 +46,8 @@ upload_app = typer.Typer(no_args_is_help=True, help="Where metadata records are 
 spool_app = typer.Typer(no_args_is_help=True, help="The local metadata spool.")
 app.add_typer(upload_app, name="upload")
 app.add_typer(spool_app, name="spool")
+pricing_app = typer.Typer(no_args_is_help=True, help="Prices used to compute cost.")
+app.add_typer(pricing_app, name="pricing")
 
 
 class KeyStore(enum.StrEnum):
@@ -450,6 +452,117 @@ def usage(since: Annotated[str, typer.Option(help="24h, 7d, or a date")] = "24h"
         while True:
             time.sleep(2)
             live.update(render()[0])
+
+
+@pricing_app.command("update")
+def pricing_update(url: Annotated[str | None, typer.Option(help="Fetch from this URL "
+                                                           "(default: pricing.url).")] = None,
+                   file: Annotated[Path | None, typer.Option(help="Read a local file.")] = None,
+                   home: HomeOption = None) -> None:
+    """Replace the active price table (LiteLLM's format); a bad one keeps the last good."""
+    import httpx
+
+    target = _home(home)
+    if url and file:
+        raise StewardError("give --url or --file, not both")
+    if file is not None:
+        try:
+            raw, source = file.read_bytes(), str(file)
+        except OSError as exc:
+            raise StewardError(f"--file {file}: {exc.strerror}") from None
+    else:
+        source = url or load_config(target).pricing.url
+        try:
+            response = httpx.get(source, timeout=60, follow_redirects=True)
+            response.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            raise StewardError(f"price table not updated: {source} answered "
+                               f"{exc.response.status_code}; keeping the current table") from None
+        except httpx.HTTPError as exc:
+            raise StewardError(f"price table not updated: cannot fetch {source} "
+                               f"({exc.__class__.__name__}); keeping the current table") from None
+        raw = response.content
+    try:
+        table = pricing.install_table(target, raw, source)
+    except StewardError as exc:
+        raise StewardError(f"price table not updated: {exc}; keeping the current table"
+                           ) from None
+    out.print(f"Price table updated: {len(table['models'])} models, version "
+              f"{table['version']} ({source}). Running gateways use it within seconds.",
+              highlight=False)
+
+
+PerMillion = Annotated[float | None, typer.Option(help="US dollars per million tokens")]
+
+
+@pricing_app.command("set")
+def pricing_set(model: Annotated[str, typer.Argument(help="Model name as the provider reports it")],
+                input: Annotated[float, typer.Option(help="USD per million input tokens")],
+                output: Annotated[float, typer.Option(help="USD per million output tokens")],
+                cache_read: PerMillion = None, cache_write: PerMillion = None,
+                cache_write_1h: PerMillion = None, home: HomeOption = None) -> None:
+    """Override a model's prices (wins over the table)."""
+    from decimal import Decimal
+
+    def dec(value: float | None) -> Decimal | None:
+        return None if value is None else Decimal(str(value))
+
+    with _db(_home(home)) as conn:
+        pricing.set_override(conn, model, {
+            "input": dec(input), "output": dec(output), "cache_read": dec(cache_read),
+            "cache_write": dec(cache_write), "cache_write_1h": dec(cache_write_1h)})
+    out.print(f"Prices for {model} set (USD per million tokens): input {input}, "
+              f"output {output}.", highlight=False)
+
+
+@pricing_app.command("unset")
+def pricing_unset(model: Annotated[str, typer.Argument(help="Model name")],
+                  home: HomeOption = None) -> None:
+    """Remove a price override."""
+    with _db(_home(home)) as conn:
+        pricing.unset_override(conn, model)
+    out.print(f"Override for {model} removed.")
+
+
+@pricing_app.command("show")
+def pricing_show(model: Annotated[str | None, typer.Argument(help="One model")] = None,
+                 provider: Annotated[str | None, typer.Option(help="openai, anthropic or "
+                                                              "gemini")] = None,
+                 home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Prices per million tokens, and where each came from (bundled, updated, override)."""
+    from decimal import Decimal
+
+    target = _home(home)
+    with _db(target) as conn:
+        pricer = pricing.load_pricer(target, conn)
+    if model is not None:
+        found = pricer.match(model, provider)
+        if found is None:
+            raise StewardError(f"no price for {model!r}: set one with `steward pricing set`")
+        rows = [found]
+    else:
+        names = sorted(set(pricer.models) | set(pricer.overrides))
+        rows = [m for n in names if (m := pricer.match(n, None)) is not None
+                and (provider is None or m.prices.get("provider") == provider
+                     or m.source == "override")]
+    fields = list(pricing.OVERRIDE_FIELDS.items())
+
+    def per_million(match: pricing.Match, key: str) -> str | None:
+        value = match.prices.get(key)
+        return None if value is None else format((Decimal(value) * pricing.MILLION).normalize(),
+                                                 "f")
+
+    data = [{"model": m.name, "source": m.source,
+             **{name: per_million(m, key) for name, key in fields}} for m in rows]
+    if as_json:
+        print(json.dumps({"table": pricer.table["source"], "version": pricer.version,
+                          "models": data}, indent=2))
+        return
+    table = Table("model", *[n.replace("_", " ") for n, _ in fields], "source",
+                  title=f"USD per million tokens — {pricer.table['source']}, {pricer.version}")
+    for row in data:
+        table.add_row(row["model"], *[row[n] or "-" for n, _ in fields], row["source"])
+    out.print(table)
 
 
 def main() -> None:

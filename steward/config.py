@@ -138,6 +138,16 @@ class MetadataConfig:
     segment_max_age: float = field(default=3600.0, metadata={**DURATION, "check": _positive})
 
 
+LITELLM_PRICES = ("https://raw.githubusercontent.com/BerriAI/litellm/main/"
+                  "model_prices_and_context_window.json")
+
+
+@dataclass(frozen=True)
+class PricingConfig:
+    url: str = field(default=LITELLM_PRICES, metadata={"check": _http_url})
+    refresh_interval: float = field(default=0.0, metadata=DURATION)  # 0: never by itself
+
+
 DEFAULT_PROVIDERS: dict[str, ProviderConfig] = {
     "openai": ProviderConfig("openai", "https://api.openai.com/v1"),
     "anthropic": ProviderConfig("anthropic", "https://api.anthropic.com"),
@@ -149,6 +159,7 @@ _SECTIONS: dict[str, type] = {
     "limits": LimitsConfig,
     "bodies": BodiesConfig,
     "metadata": MetadataConfig,
+    "pricing": PricingConfig,
 }
 
 
@@ -160,6 +171,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     bodies: BodiesConfig = BodiesConfig()
     metadata: MetadataConfig = MetadataConfig()
+    pricing: PricingConfig = PricingConfig()
 
     @property
     def path(self) -> Path:
@@ -412,6 +424,10 @@ DEFAULT_TOML = """\
 # max_spool_bytes = "1GiB"     # a larger upload backlog is logged loudly (never dropped)
 # segment_max_bytes = "64MiB"
 # segment_max_age = "1h"
+
+[pricing]
+# url = "https://raw.githubusercontent.com/BerriAI/litellm/main/model_prices_and_context_window.json"
+# refresh_interval = "0"       # e.g. "24h" to refresh the price table by itself
 
 # Built-in providers; override base_url to use a proxy or a regional endpoint.
 # [providers.openai]

@@ -45,6 +45,18 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 3: price overrides, in US dollars per million tokens as people quote them.
+    """
+    CREATE TABLE pricing_overrides (
+        model TEXT PRIMARY KEY,
+        input TEXT NOT NULL,
+        output TEXT NOT NULL,
+        cache_read TEXT,
+        cache_write TEXT,
+        cache_write_1h TEXT,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

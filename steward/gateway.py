@@ -10,14 +10,16 @@ import sqlite3
 from contextlib import suppress
 
 import aiohttp
+import httpx
 
-from . import db, gateway_keys, master_key, provider_keys
+from . import db, gateway_keys, master_key, pricing, provider_keys
 from .config import Config
 from .crypto import DecryptError, Vault
 from .errors import StewardError
 from .gateway_keys import KeyIndex
 from .home import DB_FILE
 from .notify import notify
+from .pricing import Pricer
 from .provider_keys import CredentialIndex
 from .proxy import Proxy
 from .routing import Router
@@ -46,6 +48,8 @@ class Gateway:
         self.proxy: Proxy | None = None
         self._db: sqlite3.Connection | None = None
         self._data_version = -1
+        self._prices_mtime = -1
+        self._pricer: Pricer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -62,10 +66,13 @@ class Gateway:
         self.sessions = {name: make_session(self.config.limits) for name in self.router.upstreams}
         limits = self.config.limits
         self.proxy = Proxy(self.router, self.keys, self.credentials, self.sessions, self.spool,
+                           self._pricer,
                            max_body_bytes=limits.max_body_bytes, max_tags=limits.max_tags,
                            max_tag_bytes=limits.max_tag_bytes)
         self._tasks = [asyncio.create_task(self._keep_keys_fresh()),
                        asyncio.create_task(self.spool.run_fsync())]
+        if self.config.pricing.refresh_interval > 0:
+            self._tasks.append(asyncio.create_task(self._refresh_prices()))
         if self.config.metadata.upload_url:
             token = await asyncio.to_thread(provider_keys.get_secret, self._db, self._vault,
                                             UPLOAD_TOKEN)
@@ -89,9 +96,16 @@ class Gateway:
             self._db.close()
 
     def _refresh_keys(self) -> None:
-        """Reload the key table when another process (the CLI) has committed a change."""
+        """Reload keys, provider keys and prices when the CLI has changed them."""
         assert self._db is not None
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        active = self.config.home / pricing.ACTIVE_TABLE
+        mtime = active.stat().st_mtime_ns if active.exists() else 0
+        if version != self._data_version or mtime != self._prices_mtime:
+            self._pricer = pricing.load_pricer(self.config.home, self._db)
+            self._prices_mtime = mtime
+            if self.proxy is not None:
+                self.proxy.pricer = self._pricer
         if version != self._data_version:
             assert self._vault is not None
             self.keys.by_hash = gateway_keys.load_hashes(self._db)
@@ -111,6 +125,23 @@ class Gateway:
         provider_used = self.credentials.take_last_used()
         if provider_used:
             provider_keys.record_last_used(self._db, provider_used.items())
+
+    async def _refresh_prices(self) -> None:
+        """pricing.refresh_interval: fetch the table; a bad download keeps the last good one."""
+        async with httpx.AsyncClient(timeout=60, follow_redirects=True) as client:
+            while True:
+                await asyncio.sleep(self.config.pricing.refresh_interval)
+                url = self.config.pricing.url
+                try:
+                    response = await client.get(url)
+                    response.raise_for_status()
+                    table = await asyncio.to_thread(pricing.install_table, self.config.home,
+                                                    response.content, url)
+                    log.info("price table refreshed from %s (version %s)", url,
+                             table["version"])
+                except (httpx.HTTPError, StewardError) as exc:
+                    log.error("price table refresh from %s failed, keeping the current one: "
+                              "%s", url, exc)
 
     async def _keep_keys_fresh(self) -> None:
         while True:

@@ -20,6 +20,7 @@ from yarl import URL
 from .errors import GatewayError
 from .exchange import Exchange
 from .gateway_keys import KEY_PREFIX, KeyIndex
+from .pricing import Pricer
 from .provider_keys import CredentialIndex
 from .providers.base import DecodingMeter, Meter, WireFormat
 from .routing import Router
@@ -52,8 +53,9 @@ def filter_accept_encoding(value: bytes) -> bytes:
 
 class Proxy:
     def __init__(self, router: Router, keys: KeyIndex, credentials: CredentialIndex,
-                 sessions: dict[str, aiohttp.ClientSession], spool: Spool, *,
+                 sessions: dict[str, aiohttp.ClientSession], spool: Spool, pricer: Pricer, *,
                  max_body_bytes: int, max_tags: int, max_tag_bytes: int):
+        self.pricer = pricer  # replaced whole when the table or overrides change
         self.router = router
         self.keys = keys
         self.credentials = credentials
@@ -296,7 +298,9 @@ class Proxy:
         ex.recorded = True
         ex.finished_at = time.perf_counter()
         self.served += 1
-        await self.spool.append(ex.record())
+        record = ex.record()
+        record.update(self.pricer.cost(record))
+        await self.spool.append(record)
 
 
 def _on_disconnect(watcher: asyncio.Future[dict[str, Any]], ex: Exchange,

@@ -53,7 +53,7 @@ def to_butler(record: dict[str, Any]) -> dict[str, Any]:
         "error_message": record.get("error"),
         "raw_metadata": record.get("tags") or {},
         "body_s3_key": record.get("body_ref"),
-        "model_alias_found": record.get("pricing_status") == "ok",
+        "model_alias_found": record.get("pricing_status") in ("ok", "override"),
     }
 
 

@@ -84,8 +84,12 @@ def test_openai_chat(gateway: Gateway, upstream: FakeUpstream, tag: str) -> None
     record = gateway[0].record_tagged("test", tag)
     assert got.headers["x-majordomo-request-id"] == record["id"]
     assert uuid.UUID(record["id"]).version == 7
-    assert record | {"id": None, "ts": None, "latency_ms": None, "api_key_id": None} == {
-        "id": None, "ts": None, "latency_ms": None, "api_key_id": None,
+    assert record | {"id": None, "ts": None, "latency_ms": None, "api_key_id": None,
+                     "pricing_version": None} == {
+        "id": None, "ts": None, "latency_ms": None, "api_key_id": None, "pricing_version": None,
+        # 20 x 2.50 + 5 x 1.25 + 12 x 10 USD per million (bundled gpt-4o-2024-08-06 prices)
+        "cost": "0.00017625", "input_cost": "0.00005625", "output_cost": "0.00012",
+        "pricing_status": "ok", "pricing_model": "gpt-4o-2024-08-06",
         "provider": "openai", "format": "openai", "endpoint": "chat/completions",
         "method": "POST", "path": "/v1/chat/completions", "model": "gpt-4o",
         "response_model": "gpt-4o-2024-08-06", "service_tier": "default", "stream": False,
