@@ -114,10 +114,27 @@ class LimitsConfig:
     upstream_connections: int = field(default=1000, metadata=_int_between(1, 100000))
 
 
+def _bodies_url(v: str) -> None:
+    if v and not re.match(r"^(file:///|s3://[^/]+|gs://[^/]+)", v):
+        raise ValueError(f"{v!r}: use file:///path, s3://bucket[/prefix] or gs://bucket[/prefix]")
+
+
+def _sse(v: str) -> None:
+    if v not in ("", "AES256", "aws:kms"):
+        raise ValueError("must be empty, AES256 or aws:kms")
+
+
 @dataclass(frozen=True)
 class BodiesConfig:
     enabled: bool = True
-    url: str = ""  # empty: file://<home>/bodies
+    url: str = field(default="", metadata={"check": _bodies_url})  # empty: file://<home>/bodies
+    region: str = ""
+    endpoint_url: str = field(default="", metadata={"check": _optional_http_url})
+    sse: str = field(default="", metadata={"check": _sse})
+    kms_key_id: str = ""
+    credentials_file: str = ""  # GCS service-account JSON; empty: default credentials
+    workers: int = field(default=4, metadata=_int_between(1, 64))
+    queue_bytes: int = field(default=256 * 1024**2, metadata={**SIZE, "check": _positive})
 
 
 def _upload_format(v: str) -> None:
@@ -412,7 +429,14 @@ DEFAULT_TOML = """\
 
 [bodies]
 # enabled = true
-# url = ""                     # empty: file://<home>/bodies
+# url = ""                     # file:///p, s3://bucket/pfx, gs://bucket/pfx; "": <home>/bodies
+# region = ""                  # S3
+# endpoint_url = ""            # S3-compatible services (MinIO, R2) or a GCS emulator
+# sse = ""                     # S3 server-side encryption: AES256 or aws:kms
+# kms_key_id = ""
+# credentials_file = ""        # GCS service-account JSON; empty: application default credentials
+# workers = 4                  # parallel uploads
+# queue_bytes = "256MiB"       # bodies held in memory; beyond it they wait on local disk
 
 [metadata]
 # upload_url = ""              # empty: records stay in the local spool

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .bodies import Capture
 from .gateway_keys import GatewayKey
 from .ids import uuid7
 from .providers import Route
@@ -37,6 +38,8 @@ class Exchange:
     finished_at: float | None = None
     reading: Reading | None = None
     error: str | None = None
+    capture: Capture | None = None  # kept only when bodies are stored
+    body_ref: str | None = None
     client_gone: bool = False
     responded: bool = False  # response headers sent: errors can no longer change the status
     recorded: bool = False
@@ -67,4 +70,5 @@ class Exchange:
             "ttft_ms": self.elapsed_ms(self.first_byte_at) if self.stream else None,
             "tags": {**(self.key.tags if self.key else {}), **self.tags},
             "error": self.error or reading.error,
+            "body_ref": self.body_ref,
         }

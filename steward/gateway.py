@@ -13,6 +13,8 @@ import aiohttp
 import httpx
 
 from . import db, gateway_keys, master_key, pricing, provider_keys
+from .bodies import BodyWriter
+from .bucket import bucket_settings
 from .config import Config
 from .crypto import DecryptError, Vault
 from .errors import StewardError
@@ -24,6 +26,7 @@ from .provider_keys import CredentialIndex
 from .proxy import Proxy
 from .routing import Router
 from .spool import Spool
+from .storage import open_store
 from .upload import Uploader
 from .upload_formats import UPLOAD_TOKEN, make_uploader
 from .upstream import make_session
@@ -44,6 +47,7 @@ class Gateway:
         self.spool = Spool(config.home / "spool", config.fsync_interval,
                            meta.segment_max_bytes, meta.segment_max_age)
         self.uploader: Uploader | None = None
+        self.bodies: BodyWriter | None = None
         self.sessions: dict[str, aiohttp.ClientSession] = {}
         self.proxy: Proxy | None = None
         self._db: sqlite3.Connection | None = None
@@ -64,9 +68,16 @@ class Gateway:
                                                  self._db)
         await asyncio.to_thread(self._refresh_keys)
         self.sessions = {name: make_session(self.config.limits) for name in self.router.upstreams}
+        if self.config.bodies.enabled:
+            store = await asyncio.to_thread(open_store, bucket_settings(self.config, self._db,
+                                                                        self._vault))
+            b = self.config.bodies
+            self.bodies = BodyWriter(store, self.config.home, workers=b.workers,
+                                     queue_bytes=b.queue_bytes)
+            self.bodies.start()
         limits = self.config.limits
         self.proxy = Proxy(self.router, self.keys, self.credentials, self.sessions, self.spool,
-                           self._pricer,
+                           self._pricer, self.bodies,
                            max_body_bytes=limits.max_body_bytes, max_tags=limits.max_tags,
                            max_tag_bytes=limits.max_tag_bytes)
         self._tasks = [asyncio.create_task(self._keep_keys_fresh()),
@@ -89,6 +100,8 @@ class Gateway:
             with suppress(asyncio.CancelledError):
                 await task
         await asyncio.gather(*(s.close() for s in self.sessions.values()))
+        if self.bodies is not None:
+            await self.bodies.stop()
         await asyncio.to_thread(self._flush_last_used)
         await self.spool.sync()
         self.spool.close()

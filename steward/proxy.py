@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlencode
 import aiohttp
 from yarl import URL
 
+from .bodies import BodyWriter, Capture, object_key
 from .errors import GatewayError
 from .exchange import Exchange
 from .gateway_keys import KEY_PREFIX, KeyIndex
@@ -41,6 +42,8 @@ MAJORDOMO = b"x-majordomo-"
 RESERVED = {"key", "provider"}
 DECODABLE = {"gzip", "deflate", "identity"}
 REQUEST_ID_HEADER = b"x-majordomo-request-id"
+BODY_META = ("id", "ts", "api_key_id", "provider", "endpoint", "model", "response_model",
+             "method", "path", "stream", "status")
 
 
 def filter_accept_encoding(value: bytes) -> bytes:
@@ -53,8 +56,10 @@ def filter_accept_encoding(value: bytes) -> bytes:
 
 class Proxy:
     def __init__(self, router: Router, keys: KeyIndex, credentials: CredentialIndex,
-                 sessions: dict[str, aiohttp.ClientSession], spool: Spool, pricer: Pricer, *,
-                 max_body_bytes: int, max_tags: int, max_tag_bytes: int):
+                 sessions: dict[str, aiohttp.ClientSession], spool: Spool, pricer: Pricer,
+                 bodies: BodyWriter | None, *, max_body_bytes: int, max_tags: int,
+                 max_tag_bytes: int):
+        self.bodies = bodies
         self.pricer = pricer  # replaced whole when the table or overrides change
         self.router = router
         self.keys = keys
@@ -79,6 +84,10 @@ class Proxy:
             self._inject_credential(ex, headers, caller_credential)
             body = await self._read_body(scope, receive)
             ex.request_model = ex.route.model or _find_model(body)
+            if self.bodies is not None:
+                key = object_key(ex.key.id if ex.key else None, ex.id, ex.started_at)
+                ex.capture = Capture(key, {}, scope["headers"], body, scope["query_string"])
+                ex.body_ref = self.bodies.url(key)
             await self._forward(ex, headers, body, receive, send)
         except GatewayError as err:
             await self._fail(ex, fmt, err, send)
@@ -90,15 +99,21 @@ class Proxy:
                 await self._fail(ex, fmt, err, send)
         finally:
             await self._account(ex)
+        if ex.capture is not None and self.bodies is not None:
+            await self.bodies.submit(ex.capture)  # after the caller has its whole answer
 
     async def _fail(self, ex: Exchange, fmt: WireFormat | None, err: GatewayError,
                     send: Send) -> None:
         fmt = fmt or self.router.error_format(ex.method, ex.path)
         ex.status, ex.error = err.status, err.message
+        body = fmt.error_body(err.status, err.message)
+        if ex.capture is not None:
+            ex.capture.response_status = err.status
+            ex.capture.response_headers = [(b"content-type", b"application/json")]
+            ex.capture.response_chunks = [body]
         await self._account(ex)
         ex.responded = True
-        await _send_simple(send, err.status, fmt.error_body(err.status, err.message),
-                           ex.id, err.headers)
+        await _send_simple(send, err.status, body, ex.id, err.headers)
 
     def _split_headers(self, ex: Exchange, raw: list[tuple[bytes, bytes]]
                        ) -> tuple[list[tuple[str, str]], str | None, str | None]:
@@ -266,6 +281,11 @@ class Proxy:
                        if k.lower() not in HOP_BY_HOP or k.lower() == b"content-length"]
         out_headers.append((REQUEST_ID_HEADER, ex.id.encode()))
         ex.responded = True
+        chunks = None
+        if ex.capture is not None:
+            ex.capture.response_status = response.status
+            ex.capture.response_headers = out_headers
+            chunks = ex.capture.response_chunks
         await send({"type": "http.response.start", "status": response.status,
                     "headers": out_headers})
         remaining = response.content_length if "Transfer-Encoding" not in response.headers \
@@ -275,6 +295,8 @@ class Proxy:
                 if ex.first_byte_at is None:
                     ex.first_byte_at = time.perf_counter()
                 meter.feed(chunk)
+                if chunks is not None:
+                    chunks.append(chunk)
                 if remaining is not None:
                     remaining -= len(chunk)
                     if remaining <= 0:  # the caller is complete once this chunk lands
@@ -300,6 +322,8 @@ class Proxy:
         self.served += 1
         record = ex.record()
         record.update(self.pricer.cost(record))
+        if ex.capture is not None:
+            ex.capture.meta = {k: record[k] for k in BODY_META}
         await self.spool.append(record)
 
 

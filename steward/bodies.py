@@ -1,0 +1,262 @@
+"""Request and response bodies to the operator's bucket, off the critical path, none lost.
+
+The request path hands a Capture to BodyWriter.submit() after the caller has its response.
+Workers build the gzipped JSON document and upload it in threads, retrying with backoff.
+What cannot be uploaded now (bucket down, queue full, shutting down) is spilled to
+<home>/pending-bodies/ (temp file, fsync, rename) and uploaded later, also after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import gzip
+import json
+import logging
+import os
+import random
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from .storage import BodyStore
+
+log = logging.getLogger("steward.bodies")
+
+SCHEMA_VERSION = 1
+REDACTED = "[REDACTED]"
+SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "x-goog-api-key",
+                  "cookie", "set-cookie", "x-majordomo-key"}
+PENDING_DIR = "pending-bodies"
+PENDING_SUFFIX = ".json.gz"
+
+
+@dataclass
+class Capture:
+    """Everything needed to build one body document; bytes are kept as they passed."""
+
+    key: str
+    meta: dict[str, Any]
+    request_headers: list[tuple[bytes, bytes]]
+    request_body: bytes
+    query: bytes
+    response_status: int | None = None
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    response_chunks: list[bytes] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.request_body) + sum(len(c) for c in self.response_chunks)
+
+
+def object_key(api_key_id: str | None, request_id: str, ts: float) -> str:
+    day = time.strftime("%Y/%m/%d", time.gmtime(ts))
+    return f"{api_key_id or 'anonymous'}/{day}/{request_id}.json.gz"
+
+
+def redact_headers(headers: list[tuple[bytes, bytes]]) -> list[list[str]]:
+    out = []
+    for name, value in headers:
+        text = name.decode("latin-1").lower()
+        out.append([text, REDACTED if text in SECRET_HEADERS else value.decode("latin-1")])
+    return out
+
+
+def redact_query(query: bytes) -> str:
+    if b"key=" not in query:
+        return query.decode("latin-1")
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    return urlencode([(k, REDACTED if k == "key" else v) for k, v in pairs])
+
+
+def encode_body(data: bytes, content_type: str, streamed: bool) -> dict[str, Any]:
+    """JSON as JSON; a stream as the exact text the caller got; text as text; else base64."""
+    if not data:
+        return {"body": None, "body_encoding": "empty"}
+    if "json" in content_type and not streamed:
+        try:
+            return {"body": json.loads(data), "body_encoding": "json"}
+        except (ValueError, UnicodeDecodeError):
+            pass
+    try:
+        return {"body": data.decode("utf-8"),
+                "body_encoding": "sse" if streamed else "text"}
+    except UnicodeDecodeError:
+        return {"body": base64.b64encode(data).decode(), "body_encoding": "base64"}
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
+    return next((v.decode("latin-1") for k, v in headers if k.lower() == name), "")
+
+
+def _decoded(data: bytes, encoding: str) -> bytes:
+    """The readable body: a gzip/deflate response is stored decompressed."""
+    if encoding in ("gzip", "deflate"):
+        with contextlib.suppress(zlib.error):
+            return zlib.decompress(data, 32 + 15 if encoding == "gzip" else 15)
+    return data
+
+
+def build_document(capture: Capture) -> bytes:
+    """The gzipped JSON object (CPU-heavy for big bodies: runs in a worker thread)."""
+    response_body = b"".join(capture.response_chunks)
+    response_type = _header(capture.response_headers, b"content-type")
+    encoding = _header(capture.response_headers, b"content-encoding").strip().lower()
+    document = {
+        "schema": SCHEMA_VERSION,
+        **capture.meta,
+        "request": {
+            "method": capture.meta.get("method"), "path": capture.meta.get("path"),
+            "query": redact_query(capture.query),
+            "headers": redact_headers(capture.request_headers),
+            **encode_body(capture.request_body,
+                          _header(capture.request_headers, b"content-type"), False),
+        },
+        "response": {
+            "status": capture.response_status,
+            "headers": redact_headers(capture.response_headers),
+            **encode_body(_decoded(response_body, encoding), response_type,
+                          response_type.startswith("text/event-stream")
+                          or capture.meta.get("stream", False)),
+        },
+    }
+    return gzip.compress(json.dumps(document, ensure_ascii=False).encode(), 6)
+
+
+class BodyWriter:
+    def __init__(self, store: BodyStore, home: Path, *, workers: int, queue_bytes: int,
+                 attempts: int = 4):
+        self.store = store
+        self.pending_dir = home / PENDING_DIR
+        self.workers = workers
+        self.queue_bytes = queue_bytes
+        self.attempts = attempts
+        self.queue: asyncio.Queue[Capture | None] = asyncio.Queue()
+        self.queued_bytes = 0
+        self.uploaded = 0
+        self.spilled = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake_drain = asyncio.Event()
+        self._stopping = False
+
+    def url(self, key: str) -> str:
+        return self.store.url(key)
+
+    def start(self) -> None:
+        self.pending_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
+        self._tasks.append(asyncio.create_task(self._drain_pending()))
+
+    async def submit(self, capture: Capture) -> None:
+        """Queue a body; over the memory budget, spill it to disk first (in a thread)."""
+        if self.queued_bytes + capture.size > self.queue_bytes:
+            await asyncio.to_thread(self._spill_capture, capture)
+            return
+        self.queued_bytes += capture.size
+        self.queue.put_nowait(capture)
+
+    async def stop(self) -> None:
+        """Drain: whatever is still queued is uploaded if the bucket answers, else spilled."""
+        self._stopping = True
+        for _ in range(self.workers):
+            self.queue.put_nowait(None)
+        workers, drainer = self._tasks[:-1], self._tasks[-1:]
+        await asyncio.gather(*workers, return_exceptions=True)
+        for task in drainer:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def pending(self) -> int:
+        return sum(1 for _ in self.pending_dir.glob(f"*{PENDING_SUFFIX}"))
+
+    # -- workers ----------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            capture = await self.queue.get()
+            if capture is None:
+                return
+            self.queued_bytes -= capture.size
+            try:
+                data = await asyncio.to_thread(build_document, capture)
+            except Exception as exc:  # a bug building one document must not stop the worker
+                log.exception("could not build the body document for %s", capture.key)
+                self.last_error = f"{exc.__class__.__name__}: {exc}"
+                continue
+            # Shutting down: one try, then disk, so the drain finishes within its deadline.
+            if not await self._upload(capture.key, data, attempts=1 if self._stopping else None):
+                await asyncio.to_thread(self._spill, capture.key, data)
+
+    async def _upload(self, key: str, data: bytes, attempts: int | None = None,
+                      quiet: bool = False) -> bool:
+        for attempt in range(attempts or self.attempts):
+            try:
+                await asyncio.to_thread(self.store.put, key, data)
+                self.uploaded += 1
+                return True
+            except Exception as exc:  # SDKs raise many types; every one means "not stored"
+                self.failures += 1
+                self.last_error = f"{exc.__class__.__name__}: {exc}"[:500]
+                if attempt + 1 < (attempts or self.attempts):
+                    await asyncio.sleep(random.uniform(0, min(30.0, 0.2 * 2 ** attempt)))
+        if not quiet:
+            log.warning("body %s not uploaded yet (%s); keeping it in %s", key,
+                        self.last_error, self.pending_dir)
+        return False
+
+    def _spill_capture(self, capture: Capture) -> None:
+        self._spill(capture.key, build_document(capture))
+
+    def _spill(self, key: str, data: bytes) -> None:
+        """Atomically to local disk; a disk failure is loud, and the request still succeeded."""
+        name = key.replace("/", "__")
+        path = self.pending_dir / name
+        tmp = self.pending_dir / f".{name}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            self.spilled += 1
+            self._wake_drain.set()
+        except OSError as exc:
+            self.last_error = f"local disk: {exc}"
+            log.error("LOST BODY %s: could not write it to %s either: %s", key,
+                      self.pending_dir, exc)
+
+    async def _drain_pending(self) -> None:
+        """Upload spilled bodies, oldest first, whenever the bucket answers again."""
+        delay = 1.0
+        while True:
+            names = sorted(p.name for p in self.pending_dir.glob(f"*{PENDING_SUFFIX}"))
+            progressed = False
+            for name in names:
+                path = self.pending_dir / name
+                try:
+                    data = await asyncio.to_thread(path.read_bytes)
+                except FileNotFoundError:
+                    continue
+                if not await self._upload(name.replace("__", "/"), data, attempts=1,
+                                          quiet=True):
+                    break
+                await asyncio.to_thread(path.unlink, True)
+                progressed = True
+            delay = 1.0 if progressed or not names else min(delay * 2, 30.0)
+            self._wake_drain.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_drain.wait(), delay)
+
+    def status(self) -> dict[str, Any]:
+        return {"queued": self.queue.qsize(), "queued_bytes": self.queued_bytes,
+                "pending": self.pending(), "uploaded": self.uploaded, "spilled": self.spilled,
+                "failures": self.failures, "last_error": self.last_error}

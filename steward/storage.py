@@ -1,0 +1,157 @@
+"""Body stores: one small interface, three implementations (local directory, S3, GCS).
+
+Every method is blocking and is called from worker threads, never from the event loop.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+from .errors import StewardError
+
+CONTENT_TYPE = "application/json"
+CONTENT_ENCODING = "gzip"
+
+
+class BodyStore(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def delete(self, key: str) -> None: ...
+    def url(self, key: str) -> str: ...
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix.strip('/')}/{key}" if prefix.strip("/") else key
+
+
+@dataclass
+class LocalStore:
+    root: Path
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self.root / key
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def get(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
+
+    def url(self, key: str) -> str:
+        return (self.root / key).as_uri()
+
+
+@dataclass
+class S3Store:
+    bucket: str
+    prefix: str
+    client: Any
+    extra: dict[str, str]
+
+    # 8 MiB parts: objects above it go up as multipart uploads, so memory per upload is bounded.
+    PART = 8 * 1024 * 1024
+
+    def put(self, key: str, data: bytes) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        self.client.upload_fileobj(
+            io.BytesIO(data), self.bucket, _join(self.prefix, key),
+            ExtraArgs={"ContentType": CONTENT_TYPE, "ContentEncoding": CONTENT_ENCODING,
+                       **self.extra},
+            Config=TransferConfig(multipart_threshold=self.PART, multipart_chunksize=self.PART,
+                                  use_threads=False))
+
+    def get(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket,
+                                      Key=_join(self.prefix, key))["Body"].read()
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=_join(self.prefix, key))
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{_join(self.prefix, key)}"
+
+
+@dataclass
+class GCSStore:
+    bucket: Any  # google.cloud.storage.Bucket
+    prefix: str
+
+    def put(self, key: str, data: bytes) -> None:
+        blob = self.bucket.blob(_join(self.prefix, key))
+        blob.content_encoding = CONTENT_ENCODING
+        # Large bodies go up as resumable uploads in 8 MiB chunks.
+        if len(data) > 8 * 1024 * 1024:
+            blob.chunk_size = 8 * 1024 * 1024
+        blob.upload_from_string(data, content_type=CONTENT_TYPE)
+
+    def get(self, key: str) -> bytes:
+        # raw_download: the stored gzip bytes, not GCS's decompressive transcoding.
+        return self.bucket.blob(_join(self.prefix, key)).download_as_bytes(raw_download=True)
+
+    def delete(self, key: str) -> None:
+        self.bucket.blob(_join(self.prefix, key)).delete()
+
+    def url(self, key: str) -> str:
+        return f"gs://{self.bucket.name}/{_join(self.prefix, key)}"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: str
+    region: str = ""
+    endpoint_url: str = ""
+    sse: str = ""
+    kms_key_id: str = ""
+    credentials_file: str = ""
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+
+def open_store(settings: StoreSettings) -> BodyStore:
+    parsed = urlparse(settings.url)
+    prefix = parsed.path.lstrip("/")
+    if parsed.scheme == "file":
+        return LocalStore(Path(unquote(parsed.path)))
+    if parsed.scheme == "s3":
+        import boto3
+
+        session = boto3.session.Session(aws_access_key_id=settings.access_key_id,
+                                        aws_secret_access_key=settings.secret_access_key,
+                                        region_name=settings.region or None)
+        client = session.client("s3", endpoint_url=settings.endpoint_url or None)
+        extra: dict[str, str] = {}
+        if settings.sse:
+            extra["ServerSideEncryption"] = settings.sse
+            if settings.sse == "aws:kms" and settings.kms_key_id:
+                extra["SSEKMSKeyId"] = settings.kms_key_id
+        return S3Store(parsed.netloc, prefix, client, extra)
+    if parsed.scheme == "gs":
+        from google.cloud import storage
+
+        if settings.endpoint_url:
+            from google.auth.credentials import AnonymousCredentials
+
+            client = storage.Client(project="steward", credentials=AnonymousCredentials(),
+                                    client_options={"api_endpoint": settings.endpoint_url})
+        elif settings.credentials_file:
+            client = storage.Client.from_service_account_json(settings.credentials_file)
+        else:
+            client = storage.Client()
+        return GCSStore(client.bucket(parsed.netloc), prefix)
+    raise StewardError(f"bodies.url {settings.url!r}: use file:///path, s3://bucket[/prefix] "
+                       "or gs://bucket[/prefix]")
