@@ -20,11 +20,14 @@ from rich.console import Console
 from rich.table import Table
 
 from steward import db, gateway_keys, master_key, pricing, provider_keys
+from steward.bodies import BODIES_STATUS, PENDING_DIR, PENDING_SUFFIX
+from steward.bucket import CREDENTIALS, bucket_settings, probe, store_credentials
 from steward.config import effective_dict, load_config, parse_duration, set_value, with_server
 from steward.crypto import Vault
 from steward.errors import StewardError
 from steward.home import DB_FILE, init_home, require_home, resolve_home
 from steward.spool import read_records
+from steward.storage import open_store
 from steward.upload import backlog, lock_is_free
 from steward.upload_formats import UPLOAD_TOKEN, make_uploader
 from steward.usage_report import Group, parse_since, summarize
@@ -48,6 +51,8 @@ app.add_typer(upload_app, name="upload")
 app.add_typer(spool_app, name="spool")
 pricing_app = typer.Typer(no_args_is_help=True, help="Prices used to compute cost.")
 app.add_typer(pricing_app, name="pricing")
+bucket_app = typer.Typer(no_args_is_help=True, help="Where request and response bodies go.")
+app.add_typer(bucket_app, name="bucket")
 
 
 class KeyStore(enum.StrEnum):
@@ -563,6 +568,89 @@ def pricing_show(model: Annotated[str | None, typer.Argument(help="One model")] 
     for row in data:
         table.add_row(row["model"], *[row[n] or "-" for n, _ in fields], row["source"])
     out.print(table)
+
+
+@bucket_app.command("set")
+def bucket_set(url: Annotated[str, typer.Argument(help="file:///path, s3://bucket[/prefix] or "
+                                                  "gs://bucket[/prefix]")],
+               region: Annotated[str | None, typer.Option(help="S3 region")] = None,
+               endpoint_url: Annotated[str | None, typer.Option(
+                   help="S3-compatible endpoint or GCS emulator")] = None,
+               sse: Annotated[str | None, typer.Option(help="AES256 or aws:kms")] = None,
+               kms_key_id: Annotated[str | None, typer.Option(help="KMS key for aws:kms")] = None,
+               credentials_file: Annotated[str | None, typer.Option(
+                   help="GCS service-account JSON")] = None,
+               access_key_id: Annotated[str | None, typer.Option(
+                   help="S3 access key id; the secret is read from stdin")] = None,
+               home: HomeOption = None) -> None:
+    """Send bodies to URL (S3 access keys are stored encrypted)."""
+    target = _home(home)
+    settings = {"bodies.url": url, "bodies.region": region, "bodies.endpoint_url": endpoint_url,
+                "bodies.sse": sse, "bodies.kms_key_id": kms_key_id,
+                "bodies.credentials_file": credentials_file}
+    for key, value in settings.items():
+        if value is not None:
+            set_value(target, key, value)
+    if access_key_id is not None:
+        secret = sys.stdin.readline().strip()
+        if not secret:
+            raise StewardError("--access-key-id: give the secret access key on standard input")
+        with _db(target) as conn:
+            store_credentials(conn, _vault(target, conn), access_key_id, secret)
+    out.print(f"Bodies will be stored in {url}. Check it with `steward bucket test`; running "
+              "gateways use it after a restart.", highlight=False)
+
+
+@bucket_app.command("show")
+def bucket_show(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """The body destination and its settings (credentials masked)."""
+    target = _home(home)
+    config = load_config(target)
+    shown = {**effective_dict(config)["bodies"], "url": config.bodies_url()}
+    with _db(target) as conn:
+        shown["access_keys"] = "stored (encrypted)" if provider_keys.get_secret(
+            conn, _vault(target, conn), CREDENTIALS) else "default credential chain"
+    if as_json:
+        print(json.dumps(shown, indent=2))
+        return
+    for key, value in shown.items():
+        out.print(f"{key} = {value!r}", highlight=False)
+
+
+def _open_bucket(target: Path) -> Any:
+    config = load_config(target)
+    with _db(target) as conn:
+        settings = bucket_settings(config, conn, _vault(target, conn))
+    return open_store(settings)
+
+
+@bucket_app.command("test")
+def bucket_test(home: HomeOption = None) -> None:
+    """Write, read back and delete a probe object; say which step failed and why."""
+    result = probe(_open_bucket(_home(home)))
+    if not result.ok:
+        raise StewardError(f"bucket test failed at {result.step}: {result.detail}")
+    out.print(f"bucket OK: {result.detail}", highlight=False)
+
+
+@bucket_app.command("status")
+def bucket_status(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Bodies waiting on local disk for the bucket, and the gateway's last upload error."""
+    target = _home(home)
+    pending = sorted((target / PENDING_DIR).glob(f"*{PENDING_SUFFIX}"))
+    try:
+        daemon = json.loads((target / BODIES_STATUS).read_text())
+    except (FileNotFoundError, ValueError):
+        daemon = {}
+    status = {"destination": load_config(target).bodies_url(), "pending_on_disk": len(pending),
+              "pending_bytes": sum(p.stat().st_size for p in pending), **{
+                  k: daemon.get(k) for k in ("queued", "uploaded", "failures", "last_error",
+                                             "updated_at")}}
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return
+    for key, value in status.items():
+        out.print(f"{key}: {value if value is not None else '-'}", highlight=False)
 
 
 def main() -> None:

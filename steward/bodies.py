@@ -32,6 +32,7 @@ REDACTED = "[REDACTED]"
 SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "x-goog-api-key",
                   "cookie", "set-cookie", "x-majordomo-key"}
 PENDING_DIR = "pending-bodies"
+BODIES_STATUS = "bodies-status.json"  # written by the gateway for `steward bucket status`
 PENDING_SUFFIX = ".json.gz"
 
 
@@ -259,4 +260,11 @@ class BodyWriter:
     def status(self) -> dict[str, Any]:
         return {"queued": self.queue.qsize(), "queued_bytes": self.queued_bytes,
                 "pending": self.pending(), "uploaded": self.uploaded, "spilled": self.spilled,
-                "failures": self.failures, "last_error": self.last_error}
+                "failures": self.failures, "last_error": self.last_error,
+                "updated_at": time.time()}
+
+    def write_status(self, home: Path) -> None:
+        with contextlib.suppress(OSError):
+            tmp = home / f".{BODIES_STATUS}.tmp"
+            tmp.write_text(json.dumps(self.status()))
+            os.replace(tmp, home / BODIES_STATUS)

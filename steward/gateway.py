@@ -162,5 +162,7 @@ class Gateway:
             try:
                 await asyncio.to_thread(self._flush_last_used)
                 await asyncio.to_thread(self._refresh_keys)
+                if self.bodies is not None:
+                    await asyncio.to_thread(self.bodies.write_status, self.config.home)
             except (sqlite3.Error, StewardError) as exc:
                 log.error("could not refresh keys from the database: %s", exc)
