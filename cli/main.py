@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
-import logging
 import sqlite3
 import sys
 import time
@@ -26,6 +25,7 @@ from steward.config import effective_dict, load_config, parse_duration, set_valu
 from steward.crypto import Vault
 from steward.errors import StewardError
 from steward.home import DB_FILE, init_home, require_home, resolve_home
+from steward.logs import configure as configure_logging
 from steward.spool import read_records
 from steward.storage import open_store
 from steward.upload import backlog, lock_is_free
@@ -130,8 +130,7 @@ def run(home: HomeOption = None,
     config = with_server(load_config(target), host=host, port=port, workers=workers)
     with _db(target) as conn:
         _vault(target, conn)  # fail now, in one line, if the master key is missing or wrong
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s", stream=sys.stderr)
+    configure_logging(config.server.log_format)
     out.print(f"Steward home: {target}", highlight=False)
     out.print(f"Listening on http://{config.server.host}:{config.server.port} "
               f"({config.server.workers} worker{'s' if config.server.workers > 1 else ''})",
@@ -405,7 +404,7 @@ def spool_flush(home: HomeOption = None,
         asyncio.run(drain())
     else:  # a running gateway holds the uploader: wake it and watch the backlog drain
         with contextlib.suppress(httpx.HTTPError):
-            httpx.post(f"http://{config.server.host}:{config.server.port}/_steward/flush",
+            httpx.post(f"http://{config.server.admin_host}:{config.server.admin_port}/flush",
                        timeout=5)
         while backlog(spool_dir)["pending_records"] and time.monotonic() < deadline:
             time.sleep(0.2)

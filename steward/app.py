@@ -1,5 +1,5 @@
 """The ASGI application: proxy traffic goes straight to the raw handler; Quart owns the
-lifespan and Steward's own routes under /_steward/.
+lifespan and Steward's own routes (/healthz, /readyz, /metrics) on the admin port.
 
 Quart's routing and request objects cost ~0.2 ms per request, so they stay off the hot path.
 """
@@ -9,14 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Quart
 
 from .config import Config, load_config
 from .gateway import Gateway
 from .home import require_home, resolve_home
 from .proxy import Receive, Scope, Send
-
-ADMIN_PREFIX = "/_steward/"
 
 
 def create_app(config: Config | None = None) -> Any:
@@ -36,12 +35,20 @@ def create_app(config: Config | None = None) -> Any:
     async def _stop() -> None:
         await gateway.stop()
 
-    @quart.get(ADMIN_PREFIX + "health")
-    async def _health() -> dict[str, Any]:
-        served = gateway.proxy.served if gateway.proxy else 0
-        return {"status": "ok", "requests_served": served}
+    @quart.get("/healthz")
+    async def _healthz() -> dict[str, Any]:
+        return {"status": "alive"}
 
-    @quart.post(ADMIN_PREFIX + "flush")
+    @quart.get("/readyz")
+    async def _readyz() -> tuple[dict[str, Any], int]:
+        ready, detail = gateway.readiness()
+        return detail, 200 if ready else 503
+
+    @quart.get("/metrics")
+    async def _metrics() -> tuple[bytes, int, dict[str, str]]:
+        return gateway.metrics.render(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+
+    @quart.post("/flush")
     async def _flush() -> tuple[dict[str, Any], int]:
         """Wake the uploader now (used by `steward spool flush`)."""
         if gateway.uploader is None:
@@ -49,8 +56,11 @@ def create_app(config: Config | None = None) -> Any:
         gateway.uploader.wake.set()
         return {"uploading": True}, 202
 
+    admin_port = config.server.admin_port
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope["path"].startswith(ADMIN_PREFIX):
+        """The admin port gets Steward's own routes; every other request is proxy traffic."""
+        if scope["type"] == "http" and (scope.get("server") or (None, None))[1] != admin_port:
             assert gateway.proxy is not None, "lifespan startup has not run"
             await gateway.proxy(scope, receive, send)
         else:

@@ -78,6 +78,11 @@ def _fsync_policy(v: str) -> None:
         parse_duration(v)
 
 
+def _log_format(v: str) -> None:
+    if v not in ("auto", "json", "text"):
+        raise ValueError("must be auto (JSON unless on a terminal), json or text")
+
+
 def _wire_format(v: str) -> None:
     if v not in WIRE_FORMATS:
         raise ValueError(f"must be one of {', '.join(WIRE_FORMATS)}")
@@ -92,6 +97,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = field(default=7680, metadata=_int_between(1, 65535))
     workers: int = field(default=1, metadata=_int_between(1, 64))
+    admin_host: str = "127.0.0.1"
+    admin_port: int = field(default=7681, metadata=_int_between(0, 65535))  # 0: no admin port
+    drain_timeout: float = field(default=30.0, metadata={**DURATION, "check": _positive})
+    log_format: str = field(default="auto", metadata={"check": _log_format})
 
 
 @dataclass(frozen=True)
@@ -418,6 +427,10 @@ DEFAULT_TOML = """\
 # host = "127.0.0.1"
 # port = 7680
 # workers = 1
+# admin_host = "127.0.0.1"     # /healthz, /readyz, /metrics; keep it off the public port
+# admin_port = 7681            # 0 turns the admin listener off
+# drain_timeout = "30s"        # on SIGTERM, how long in-flight requests and streams may finish
+# log_format = "auto"          # JSON lines unless on a terminal; or "json" / "text"
 
 [limits]
 # max_body_bytes = "32MiB"     # larger request bodies get 413

@@ -8,6 +8,7 @@ import logging
 import os
 import sqlite3
 from contextlib import suppress
+from typing import Any
 
 import aiohttp
 import httpx
@@ -15,11 +16,12 @@ import httpx
 from . import db, gateway_keys, master_key, pricing, provider_keys
 from .bodies import BodyWriter
 from .bucket import bucket_settings
-from .config import Config
+from .config import Config, load_config
 from .crypto import DecryptError, Vault
 from .errors import StewardError
 from .gateway_keys import KeyIndex
 from .home import DB_FILE
+from .metrics import Metrics
 from .notify import notify
 from .pricing import Pricer
 from .provider_keys import CredentialIndex
@@ -55,6 +57,8 @@ class Gateway:
         self._prices_mtime = -1
         self._pricer: Pricer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.metrics = Metrics(self.gauges)
+        self.ready = False
 
     async def start(self) -> None:
         if os.environ.get("STEWARD_ASYNCIO_DEBUG") == "1":
@@ -77,22 +81,27 @@ class Gateway:
             self.bodies.start()
         limits = self.config.limits
         self.proxy = Proxy(self.router, self.keys, self.credentials, self.sessions, self.spool,
-                           self._pricer, self.bodies,
+                           self._pricer, self.bodies, self.metrics,
                            max_body_bytes=limits.max_body_bytes, max_tags=limits.max_tags,
                            max_tag_bytes=limits.max_tag_bytes)
         self._tasks = [asyncio.create_task(self._keep_keys_fresh()),
                        asyncio.create_task(self.spool.run_fsync())]
+        self._tasks.append(asyncio.create_task(self._tell_systemd()))
         if self.config.pricing.refresh_interval > 0:
             self._tasks.append(asyncio.create_task(self._refresh_prices()))
         if self.config.metadata.upload_url:
             token = await asyncio.to_thread(provider_keys.get_secret, self._db, self._vault,
                                             UPLOAD_TOKEN)
             self.uploader = make_uploader(self.config, token)
-            self._tasks.append(asyncio.create_task(self.uploader.run()))
+            self._upload_task = asyncio.create_task(self.uploader.run())
+            self._tasks.append(self._upload_task)
+        self.ready = True
         notify("READY=1")  # the listener is bound before start-up begins
 
 
     async def stop(self) -> None:
+        """After in-flight requests have drained: flush bodies, the spool and key usage."""
+        self.ready = False
         notify("STOPPING=1")
         for task in self._tasks:
             task.cancel()
@@ -138,6 +147,82 @@ class Gateway:
         provider_used = self.credentials.take_last_used()
         if provider_used:
             provider_keys.record_last_used(self._db, provider_used.items())
+
+    def gauges(self) -> dict[str, float]:
+        bodies = self.bodies.status() if self.bodies else {}
+        upload = self.uploader.status if self.uploader else {}
+        return {"requests_served": self.proxy.served if self.proxy else 0,
+                "body_queue_depth": bodies.get("queued", 0),
+                "body_queue_bytes": bodies.get("queued_bytes", 0),
+                "bodies_pending_on_disk": bodies.get("pending", 0),
+                "body_upload_failures": bodies.get("failures", 0),
+                "spool_write_errors": self.spool.errors,
+                "spool_backlog_bytes": upload.get("backlog_bytes", 0),
+                "metadata_upload_failures": upload.get("failures", 0)}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready to serve; degraded storage or upload is reported, not a failure."""
+        bodies = self.bodies.status() if self.bodies else {"enabled": False}
+        upload = dict(self.uploader.status) if self.uploader else {"enabled": False}
+        degraded = []
+        if bodies.get("pending") or (bodies.get("failures") and bodies.get("last_error")):
+            degraded.append("body storage")
+        if upload.get("last_error"):
+            degraded.append("metadata upload")
+        if self.spool.errors:
+            degraded.append("metadata spool")
+        return self.ready, {"ready": self.ready, "degraded": degraded, "bodies": bodies,
+                            "upload": upload, "spool_write_errors": self.spool.errors}
+
+    async def _tell_systemd(self) -> None:
+        """WATCHDOG=1 at half of $WATCHDOG_USEC, and a STATUS= line systemctl shows."""
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        period = usec / 2e6 if usec else 5.0
+        while True:
+            if usec:
+                notify("WATCHDOG=1")
+            g = self.gauges()
+            notify(f"STATUS=serving; {int(g['requests_served'])} requests; "
+                   f"{int(g['body_queue_depth'])} bodies queued, "
+                   f"{int(g['bodies_pending_on_disk'])} on disk; "
+                   f"spool backlog {int(g['spool_backlog_bytes'])} bytes")
+            await asyncio.sleep(min(period, 5.0))
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read steward.toml, keys, provider keys and prices; keep connections."""
+        try:
+            new = await asyncio.to_thread(load_config, self.config.home)
+        except StewardError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        old = self.config
+        if new.providers != old.providers or new.limits != old.limits:
+            retired = self.sessions
+            self.router = Router(new.providers)
+            self.sessions = {name: make_session(new.limits) for name in self.router.upstreams}
+            if self.proxy is not None:
+                self.proxy.configure(self.router, self.sessions, new.limits)
+            # In-flight requests hold their own session; close the old ones once they are done.
+            asyncio.get_running_loop().call_later(
+                new.server.drain_timeout + new.limits.read_timeout,
+                lambda: [asyncio.ensure_future(s.close()) for s in retired.values()])
+        if new.metadata != old.metadata and self._db is not None:
+            if self.uploader is not None:
+                self._upload_task.cancel()
+                self.uploader = None
+            if new.metadata.upload_url:
+                token = await asyncio.to_thread(provider_keys.get_secret, self._db,
+                                                self._vault, UPLOAD_TOKEN)
+                self.uploader = make_uploader(new, token)
+                self._upload_task = asyncio.create_task(self.uploader.run())
+                self._tasks.append(self._upload_task)
+        for section in ("server", "bodies"):
+            if getattr(new, section) != getattr(old, section):
+                log.warning("[%s] changed: restart Steward to apply it", section)
+        self.config = new
+        self._data_version = self._prices_mtime = -1  # force a reload of keys and prices
+        await asyncio.to_thread(self._refresh_keys)
+        log.info("configuration, keys and prices reloaded")
 
     async def _refresh_prices(self) -> None:
         """pricing.refresh_interval: fetch the table; a bad download keeps the last good one."""

@@ -219,7 +219,7 @@ def ensure(home: Path, conn: sqlite3.Connection, store: str = "auto"
         return master, None
     master = find(home)
     note = None
-    if master is None or (store == "file" and master.store != "file"):
+    if master is None:
         master, note = create(home, store)
     with db.transaction(conn):
         db.set_meta(conn, _CHECK_META, Vault(master.key).check_value())

@@ -16,9 +16,14 @@ def notify(message: str) -> bool:
     if address.startswith("@"):  # abstract namespace
         address = "\0" + address[1:]
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # Non-blocking: called from the event loop, and a receiver whose queue is full must
+        # cost us a dropped status line, never a stalled gateway.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                           | socket.SOCK_NONBLOCK) as sock:
             sock.connect(address)
-            sock.sendall(message.encode())
+            sock.send(message.encode())
+    except BlockingIOError:
+        return False
     except OSError as exc:
         log.warning("could not notify systemd (%s): %s", os.environ.get("NOTIFY_SOCKET"), exc)
         return False

@@ -18,9 +18,11 @@ import aiohttp
 from yarl import URL
 
 from .bodies import BodyWriter, Capture, object_key
+from .config import LimitsConfig
 from .errors import GatewayError
 from .exchange import Exchange
 from .gateway_keys import KEY_PREFIX, KeyIndex
+from .metrics import Metrics
 from .pricing import Pricer
 from .provider_keys import CredentialIndex
 from .providers.base import DecodingMeter, Meter, WireFormat
@@ -28,6 +30,9 @@ from .routing import Router
 from .spool import Spool
 
 log = logging.getLogger("steward.proxy")
+access_log = logging.getLogger("steward.access")
+ACCESS_FIELDS = ("id", "api_key_id", "provider", "model", "response_model", "status",
+                 "input_tokens", "output_tokens", "cost", "latency_ms", "ttft_ms", "error")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -57,9 +62,10 @@ def filter_accept_encoding(value: bytes) -> bytes:
 class Proxy:
     def __init__(self, router: Router, keys: KeyIndex, credentials: CredentialIndex,
                  sessions: dict[str, aiohttp.ClientSession], spool: Spool, pricer: Pricer,
-                 bodies: BodyWriter | None, *, max_body_bytes: int, max_tags: int,
-                 max_tag_bytes: int):
+                 bodies: BodyWriter | None, metrics: Metrics, *, max_body_bytes: int,
+                 max_tags: int, max_tag_bytes: int):
         self.bodies = bodies
+        self.metrics = metrics
         self.pricer = pricer  # replaced whole when the table or overrides change
         self.router = router
         self.keys = keys
@@ -70,6 +76,13 @@ class Proxy:
         self.max_tags = max_tags
         self.max_tag_bytes = max_tag_bytes
         self.served = 0
+
+    def configure(self, router: Router, sessions: dict[str, aiohttp.ClientSession],
+                  limits: LimitsConfig) -> None:
+        """A reload: new upstreams and limits for requests that start from now on."""
+        self.router, self.sessions = router, sessions
+        self.max_body_bytes = limits.max_body_bytes
+        self.max_tags, self.max_tag_bytes = limits.max_tags, limits.max_tag_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(method=scope["method"], path=scope["path"], query=scope["query_string"])
@@ -325,6 +338,11 @@ class Proxy:
         if ex.capture is not None:
             ex.capture.meta = {k: record[k] for k in BODY_META}
         await self.spool.append(record)
+        self.metrics.observe(record)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info("%s %s %s %s", record["status"], record["provider"],
+                            record["model"], record["path"],
+                            extra={"access": {k: record.get(k) for k in ACCESS_FIELDS}})
 
 
 def _on_disconnect(watcher: asyncio.Future[dict[str, Any]], ex: Exchange,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
@@ -15,15 +17,22 @@ from .errors import StewardError
 log = logging.getLogger("steward")
 
 
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def hypercorn_config(config: Config) -> HypercornConfig:
     hc = HypercornConfig()
-    hc.bind = [f"{config.server.host}:{config.server.port}"]
+    server = config.server
+    hc.bind = [_address(server.host, server.port)]
+    if server.admin_port:
+        hc.bind.append(_address(server.admin_host, server.admin_port))
     hc.worker_class = "uvloop"
     hc.workers = config.server.workers
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.keep_alive_timeout = 75.0  # SDK clients keep connections open between calls
-    hc.graceful_timeout = 30.0
+    hc.graceful_timeout = config.server.drain_timeout
     hc.application_path = "steward.app:create_app()"
     return hc
 
@@ -34,11 +43,37 @@ def listen(hc: HypercornConfig) -> Sockets:
     try:
         sockets = hc.create_sockets()
     except OSError as exc:
-        raise StewardError(f"cannot listen on {hc.bind[0]}: {exc.strerror or exc} "
-                           "(is another Steward running? change server.port)") from None
+        raise StewardError(f"cannot listen on {' and '.join(hc.bind)}: {exc.strerror or exc} "
+                           "(is another Steward running? change server.port or "
+                           "server.admin_port)") from None
     for sock in sockets.insecure_sockets:
         sock.listen(hc.backlog)
     return sockets
+
+
+async def _serve_one(config: Config, hc: HypercornConfig, sockets: Sockets) -> None:
+    """SIGTERM/SIGINT drain gracefully (a second one exits at once); SIGHUP reloads."""
+    from hypercorn.asyncio.run import worker_serve
+    from hypercorn.utils import wrap_app
+
+    asgi = create_app(config)
+    gateway = asgi.gateway
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def on_stop(signame: str) -> None:
+        if stopping.is_set():
+            log.warning("second %s: exiting now without draining", signame)
+            os._exit(1)
+        log.info("%s: no new connections; draining in-flight requests for up to %gs",
+                 signame, config.server.drain_timeout)
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gateway.reload()))
+    await worker_serve(wrap_app(asgi, hc.wsgi_max_body_size, "asgi"), hc, sockets=sockets,
+                       shutdown_trigger=stopping.wait)
 
 
 def serve(config: Config) -> None:
@@ -47,11 +82,8 @@ def serve(config: Config) -> None:
     sockets = listen(hc)
     if config.server.workers == 1:
         import uvloop
-        from hypercorn.asyncio.run import worker_serve
-        from hypercorn.utils import wrap_app
 
-        app = wrap_app(create_app(config), hc.wsgi_max_body_size, "asgi")
-        uvloop.run(worker_serve(app, hc, sockets=sockets))
+        uvloop.run(_serve_one(config, hc, sockets))
         return
     from hypercorn.run import run
 

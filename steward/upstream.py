@@ -6,6 +6,8 @@ README's design notes), so it serves the hot path; httpx serves everything else.
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401 - aiohttp needs it for the first URL; not on a request
+
 import aiohttp
 
 from .config import LimitsConfig

@@ -4,6 +4,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.daemon import Daemon, init_home, provider_env
@@ -25,6 +26,10 @@ def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
     key = init_home(home)
     env = {**provider_env(upstream.url), "STEWARD_ASYNCIO_DEBUG": "1"}
     daemon = Daemon(home, env=env).start()
+    # One request first, so the event-loop watchdog judges steady state, not start-up.
+    httpx.post(daemon.url + "/v1/chat/completions", json={"model": "gpt-4o"},
+               headers={"X-Majordomo-Key": key, "Authorization": "Bearer sk"}, timeout=30)
+    daemon.warm_log_offset = daemon.log_path.stat().st_size
     yield daemon, key
     daemon.stop()
 

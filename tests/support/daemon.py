@@ -56,10 +56,12 @@ class Daemon:
     home: Path
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
+    admin_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     args: tuple[str, ...] = ()
     prefix: tuple[str, ...] = ()  # e.g. ("taskset", "-c", "1") for the benchmark
     notifications: list[str] = field(default_factory=list)
+    warm_log_offset: int = 0
     notify: socket.socket = field(init=False, repr=False)
     _notify_dir: str = field(init=False, repr=False, default="")
 
@@ -68,17 +70,23 @@ class Daemon:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
     def log_path(self) -> Path:
         return self.home / "daemon.log"
 
     def start(self, timeout: float = 30.0) -> Daemon:
         """Start and wait for READY=1 on a notify socket that stays open until stop()."""
         self.port = free_port()
+        self.admin_port = free_port()
         self._notify_dir = tempfile.mkdtemp(prefix="steward-notify-")
         notify_path = os.path.join(self._notify_dir, "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(notify_path)
-        env = {**os.environ, **self.env, "NOTIFY_SOCKET": notify_path, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.env, "NOTIFY_SOCKET": notify_path, "PYTHONUNBUFFERED": "1",
+               "STEWARD_SERVER__ADMIN_PORT": str(self.admin_port)}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [*self.prefix, STEWARD, "run", "--home", str(self.home),

@@ -1,0 +1,68 @@
+"""Prometheus metrics, in the text format prometheus-client writes.
+
+Counters and histograms are updated once per request from its metadata record; queue and
+backlog gauges are read from the gateway at scrape time. With several workers each serves its
+own registry (the admin port answers from whichever worker accepts the scrape).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TOKEN_KINDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+               "reasoning_tokens")
+
+
+class _Gauges(Collector):
+    def __init__(self, read: Callable[[], dict[str, float]]):
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, value in self.read().items():
+            yield GaugeMetricFamily(f"steward_{name}", name.replace("_", " "), value=value)
+
+
+class Metrics:
+    def __init__(self, gauges: Callable[[], dict[str, float]]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("steward_requests", "Requests by provider, endpoint and status",
+                                ["provider", "endpoint", "status"], registry=r)
+        self.latency = Histogram("steward_request_duration_seconds", "Time to the last byte",
+                                 ["provider"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttfb = Histogram("steward_time_to_first_byte_seconds",
+                              "Streams: time to the first byte", ["provider"],
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("steward_tokens", "Tokens by provider, model and kind",
+                              ["provider", "model", "kind"], registry=r)
+        self.cost = Counter("steward_cost_usd", "Cost in US dollars by provider and model",
+                            ["provider", "model"], registry=r)
+        r.register(_Gauges(gauges))
+
+    def observe(self, record: dict[str, Any]) -> None:
+        provider = record.get("provider") or "none"
+        self.requests.labels(provider, record.get("endpoint") or "none",
+                             str(record.get("status"))).inc()
+        if record.get("latency_ms") is not None:
+            self.latency.labels(provider).observe(record["latency_ms"] / 1000)
+        if record.get("ttft_ms") is not None:
+            self.ttfb.labels(provider).observe(record["ttft_ms"] / 1000)
+        model = record.get("response_model") or record.get("model")
+        if model is None or record.get("input_tokens") is None:
+            return
+        for kind in TOKEN_KINDS:
+            if record.get(kind):
+                self.tokens.labels(provider, model, kind.removesuffix("_tokens")).inc(
+                    record[kind])
+        if record.get("cost") is not None:
+            self.cost.labels(provider, model).inc(float(Decimal(record["cost"])))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
