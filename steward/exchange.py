@@ -9,7 +9,7 @@ from typing import Any
 from .bodies import Capture
 from .gateway_keys import GatewayKey
 from .ids import uuid7
-from .providers import Route
+from .providers import Meter, Route
 from .routing import Upstream
 from .usage import Reading
 
@@ -36,6 +36,7 @@ class Exchange:
     stream: bool = False
     first_byte_at: float | None = None
     finished_at: float | None = None
+    meter: Meter | None = None
     reading: Reading | None = None
     error: str | None = None
     capture: Capture | None = None  # kept only when bodies are stored

@@ -82,8 +82,9 @@ class Pricer:
     def match(self, model: str, fmt: str | None) -> Match | None:
         for name in candidates(model, fmt):
             if name in self.overrides:
-                base = self.models.get(name, {})
-                return Match(name, {**base, **self.overrides[name]}, "override")
+                # An override replaces the table's entry whole: prices it leaves out fall back
+                # to its own input price, never to a table price from another scale.
+                return Match(name, self.overrides[name], "override")
             if name in self.models:
                 return Match(name, self.models[name], self.origin)
         return None

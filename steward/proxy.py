@@ -275,6 +275,8 @@ class Proxy:
             task.uncancel()
             ex.error = ex.error or "client disconnected"
             ex.status = ex.status or 499
+            if ex.meter is not None and ex.reading is None:
+                ex.reading = ex.meter.finish()  # record the usage seen before the disconnect
         finally:
             watcher.cancel()
             if response is not None:
@@ -290,6 +292,7 @@ class Proxy:
         meter: Meter = ex.upstream.fmt.meter(ex.route, response.status, content_type)
         if encoding in ("gzip", "deflate"):
             meter = DecodingMeter(meter, encoding)
+        ex.meter = meter
         out_headers = [(k.lower(), v) for k, v in response.raw_headers
                        if k.lower() not in HOP_BY_HOP or k.lower() == b"content-length"]
         out_headers.append((REQUEST_ID_HEADER, ex.id.encode()))

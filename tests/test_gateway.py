@@ -122,6 +122,7 @@ def test_client_disconnect_mid_stream_closes_upstream(daemon: tuple[Daemon, str]
                                if r["tags"].get("case") == "disconnect"], 5, "the record")[0]
     assert record["error"] == "client disconnected"
     assert record["status"] == 200  # what the upstream said; the error says what happened
+    assert record["response_model"] == "gpt-4o-2024-08-06"  # what it saw before the cut
 
 
 def test_two_workers_serve_and_each_spools(fresh_home: tuple[Path, str],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -123,6 +124,10 @@ class Daemon:
                 self.process.wait(10)
         code = self.process.returncode
         self.process = None
+        self.notify.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # keep what it said on the way out (STOPPING=1)
+                self.notifications.append(self.notify.recv(4096).decode())
         self.notify.close()
         shutil.rmtree(self._notify_dir, ignore_errors=True)
         return code

@@ -187,7 +187,7 @@ class FakeUpstream:
                 assert request.transport is not None
                 request.transport.abort()
                 return response
-            if behavior.startswith("pace:"):
+            if behavior.startswith("pace:") and index < len(events) - 1:
                 await asyncio.sleep(float(behavior.split(":", 1)[1]))
         await response.write_eof()
         return response
