@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py
+
+# One self-contained file: a shiv zipapp of Steward and its pinned dependencies. It needs only
+# the matching Python (3.11+) on the target; it unpacks once into $SHIV_ROOT (~/.shiv).
+dist: $(VENV)/.installed
+	$(PIP) install shiv==1.0.8
+	mkdir -p dist
+	$(BIN)/shiv --console-script steward --output-file dist/steward --reproducible \
+		--compile-pyc . --constraint constraints.txt --quiet
+	@ls -l dist/steward
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -652,6 +652,27 @@ def bucket_status(home: HomeOption = None, as_json: JsonOption = False) -> None:
         out.print(f"{key}: {value if value is not None else '-'}", highlight=False)
 
 
+@app.command()
+def doctor(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Check config, home, master key, database, bucket, upload endpoint, ports, providers."""
+    from steward.doctor import run_checks
+
+    target = resolve_home(home)
+    checks = run_checks(target)
+    failed = [c for c in checks if not c.ok]
+    if as_json:
+        print(json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        out.print(f"Steward doctor — {target}", highlight=False)
+        for check in checks:
+            mark = "[green]✓[/]" if check.ok else "[red]✗[/]"
+            out.print(f" {mark} {check.name}: {check.detail}", highlight=False)
+            if not check.ok:
+                out.print(f"     fix: {check.fix}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

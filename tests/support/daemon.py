@@ -61,6 +61,7 @@ class Daemon:
     process: subprocess.Popen[bytes] | None = None
     args: tuple[str, ...] = ()
     prefix: tuple[str, ...] = ()  # e.g. ("taskset", "-c", "1") for the benchmark
+    executable: str = STEWARD
     notifications: list[str] = field(default_factory=list)
     warm_log_offset: int = 0
     notify: socket.socket = field(init=False, repr=False)
@@ -90,7 +91,7 @@ class Daemon:
                "STEWARD_SERVER__ADMIN_PORT": str(self.admin_port)}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [*self.prefix, STEWARD, "run", "--home", str(self.home),
+                [*self.prefix, self.executable, "run", "--home", str(self.home),
                  "--port", str(self.port), *self.args],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
         if not self.wait_for_notification("READY=1", timeout):
