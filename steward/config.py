@@ -118,9 +118,18 @@ class LimitsConfig:
     max_body_bytes: int = field(default=32 * 1024**2, metadata={**SIZE, "check": _positive})
     connect_timeout: float = field(default=10.0, metadata={**DURATION, "check": _positive})
     read_timeout: float = field(default=600.0, metadata={**DURATION, "check": _positive})
+    stream_idle_timeout: float = field(default=300.0, metadata={**DURATION, "check": _positive})
+    max_stream_duration: float = field(default=3600.0, metadata={**DURATION, "check": _positive})
+    client_timeout: float = field(default=60.0, metadata={**DURATION, "check": _positive})
+    max_headers: int = field(default=100, metadata=_int_between(1, 10000))
+    max_header_bytes: int = field(default=64 * 1024, metadata={**SIZE, "check": _positive})
+    max_url_bytes: int = field(default=8 * 1024, metadata={**SIZE, "check": _positive})
     max_tags: int = field(default=32, metadata=_int_between(0, 1000))
     max_tag_bytes: int = field(default=512, metadata=_int_between(1, 65536))
     upstream_connections: int = field(default=1000, metadata=_int_between(1, 100000))
+    max_concurrent_per_provider: int = field(default=512, metadata=_int_between(1, 100000))
+    max_queued_per_provider: int = field(default=1024, metadata=_int_between(0, 1000000))
+    max_concurrent_per_key: int = field(default=0, metadata=_int_between(0, 100000))  # 0: off
 
 
 def _bodies_url(v: str) -> None:
@@ -435,7 +444,16 @@ DEFAULT_TOML = """\
 [limits]
 # max_body_bytes = "32MiB"     # larger request bodies get 413
 # connect_timeout = "10s"      # upstream TCP/TLS connect
-# read_timeout = "600s"        # longest silence from the upstream, before or between chunks
+# read_timeout = "600s"        # longest wait for the upstream's response headers (504)
+# stream_idle_timeout = "300s" # longest silence between chunks of a response
+# max_stream_duration = "1h"   # longest response, start to end
+# client_timeout = "60s"       # longest silence from a caller sending its request
+# max_headers = 100            # request headers; more: 431
+# max_header_bytes = "64KiB"   # total request header size; more: 431
+# max_url_bytes = "8KiB"       # path and query; longer: 414
+# max_concurrent_per_provider = 512   # upstream requests in flight per provider
+# max_queued_per_provider = 1024      # waiting for a slot; beyond it: 503 with Retry-After
+# max_concurrent_per_key = 0   # per gateway key; 0: no cap
 # max_tags = 32                # X-Majordomo-<name> tags per request
 # max_tag_bytes = 512          # bytes per tag value
 # upstream_connections = 1000  # pooled connections per provider

@@ -24,6 +24,7 @@ class Exchange:
     method: str
     path: str
     query: bytes
+    raw_path: bytes = b""
     id: str = field(default_factory=lambda: str(uuid7()))
     started_at: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)

@@ -81,9 +81,7 @@ class Gateway:
             self.bodies.start()
         limits = self.config.limits
         self.proxy = Proxy(self.router, self.keys, self.credentials, self.sessions, self.spool,
-                           self._pricer, self.bodies, self.metrics,
-                           max_body_bytes=limits.max_body_bytes, max_tags=limits.max_tags,
-                           max_tag_bytes=limits.max_tag_bytes)
+                           self._pricer, self.bodies, self.metrics, limits)
         self._tasks = [asyncio.create_task(self._keep_keys_fresh()),
                        asyncio.create_task(self.spool.run_fsync())]
         self._tasks.append(asyncio.create_task(self._tell_systemd()))

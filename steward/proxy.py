@@ -8,9 +8,11 @@ no re-serialised bodies, nothing blocking in the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -62,32 +64,55 @@ def filter_accept_encoding(value: bytes) -> bytes:
 class Proxy:
     def __init__(self, router: Router, keys: KeyIndex, credentials: CredentialIndex,
                  sessions: dict[str, aiohttp.ClientSession], spool: Spool, pricer: Pricer,
-                 bodies: BodyWriter | None, metrics: Metrics, *, max_body_bytes: int,
-                 max_tags: int, max_tag_bytes: int):
+                 bodies: BodyWriter | None, metrics: Metrics, limits: LimitsConfig):
         self.bodies = bodies
         self.metrics = metrics
+        self.key_slots: dict[str, Limiter] = {}
         self.pricer = pricer  # replaced whole when the table or overrides change
-        self.router = router
         self.keys = keys
         self.credentials = credentials
-        self.sessions = sessions
         self.spool = spool
-        self.max_body_bytes = max_body_bytes
-        self.max_tags = max_tags
-        self.max_tag_bytes = max_tag_bytes
         self.served = 0
+        self.configure(router, sessions, limits)
 
     def configure(self, router: Router, sessions: dict[str, aiohttp.ClientSession],
                   limits: LimitsConfig) -> None:
         """A reload: new upstreams and limits for requests that start from now on."""
-        self.router, self.sessions = router, sessions
+        self.router, self.sessions, self.limits = router, sessions, limits
         self.max_body_bytes = limits.max_body_bytes
         self.max_tags, self.max_tag_bytes = limits.max_tags, limits.max_tag_bytes
+        self.provider_slots = {name: Limiter(limits.max_concurrent_per_provider,
+                                             limits.max_queued_per_provider)
+                               for name in router.upstreams}
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, provider: str, ex: Exchange) -> AsyncIterator[None]:
+        """A place among the provider's (and, if capped, the key's) concurrent requests."""
+        per_key = self.limits.max_concurrent_per_key
+        key_slot = None
+        if per_key and ex.key is not None:
+            key_slot = self.key_slots.setdefault(ex.key.id, Limiter(per_key, 0))
+            await key_slot.acquire(429, f"this gateway key already has {per_key} requests in "
+                                   "flight (limits.max_concurrent_per_key)")
+        try:
+            slot = self.provider_slots[provider]
+            await slot.acquire(503, f"{provider} already has "
+                               f"{self.limits.max_concurrent_per_provider} requests in flight "
+                               "and a full queue; retry shortly")
+            try:
+                yield
+            finally:
+                slot.release()
+        finally:
+            if key_slot is not None:
+                key_slot.release()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ex = Exchange(method=scope["method"], path=scope["path"], query=scope["query_string"])
+        ex = Exchange(method=scope["method"], path=scope["path"], query=scope["query_string"],
+                      raw_path=scope["raw_path"])
         fmt = None
         try:
+            self._check_request_shape(scope)
             headers, key_value, provider = self._split_headers(ex, scope["headers"])
             ex.upstream, ex.route = self.router.resolve(ex.method, ex.path, provider)
             fmt = ex.upstream.fmt
@@ -127,6 +152,24 @@ class Proxy:
         await self._account(ex)
         ex.responded = True
         await _send_simple(send, err.status, body, ex.id, err.headers)
+
+    def _check_request_shape(self, scope: Scope) -> None:
+        """URL length (414), header count and size (431), and paths that could mean something
+        else to the upstream than to Steward (400)."""
+        raw_path: bytes = scope["raw_path"]
+        if len(raw_path) + len(scope["query_string"]) > self.limits.max_url_bytes:
+            raise GatewayError(414, f"the URL is longer than Steward's limit of "
+                               f"{self.limits.max_url_bytes} bytes (limits.max_url_bytes)")
+        headers = scope["headers"]
+        if len(headers) > self.limits.max_headers:
+            raise GatewayError(431, f"{len(headers)} request headers; Steward accepts at most "
+                               f"{self.limits.max_headers} (limits.max_headers)")
+        if sum(len(n) + len(v) for n, v in headers) > self.limits.max_header_bytes:
+            raise GatewayError(431, "the request headers are larger than Steward's limit of "
+                               f"{self.limits.max_header_bytes} bytes (limits.max_header_bytes)")
+        if _UNSAFE_PATH.search(raw_path):
+            raise GatewayError(400, "the path contains '..', an encoded '.', '/' or '\\', or a "
+                               "control character; LLM API paths never do")
 
     def _split_headers(self, ex: Exchange, raw: list[tuple[bytes, bytes]]
                        ) -> tuple[list[tuple[str, str]], str | None, str | None]:
@@ -233,7 +276,13 @@ class Proxy:
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout(self.limits.client_timeout):
+                    message = await receive()
+            except TimeoutError:
+                raise GatewayError(408, "the request body stopped arriving for longer than "
+                                   f"{self.limits.client_timeout:g}s (limits.client_timeout)"
+                                   ) from None
             if message["type"] == "http.disconnect":
                 raise GatewayError(499, "client disconnected while sending the request")
             chunk = message.get("body", b"")
@@ -249,7 +298,7 @@ class Proxy:
                        receive: Receive, send: Send) -> None:
         assert ex.upstream is not None and ex.route is not None
         upstream, route = ex.upstream, ex.route
-        target = upstream.base_url + route.upstream_path
+        target = upstream.base_url + _raw_upstream_path(ex.raw_path, ex.path, route.upstream_path)
         if ex.query:
             target += "?" + ex.query.decode("latin-1")
         task = asyncio.current_task()
@@ -258,17 +307,28 @@ class Proxy:
         watcher.add_done_callback(lambda w: _on_disconnect(w, ex, task))
         response = None
         try:
-            try:
-                response = await self.sessions[upstream.name].request(
-                    ex.method, URL(target, encoded=True), headers=headers,
-                    data=body or None, allow_redirects=False)
-            except TimeoutError:
-                raise GatewayError(504, f"{upstream.name} did not answer in time "
-                                   f"({target.split('?')[0]})") from None
-            except aiohttp.ClientError as exc:
-                raise GatewayError(502, f"cannot reach {upstream.name} at "
-                                   f"{upstream.base_url}: {exc.__class__.__name__}") from None
-            await self._relay(ex, response, send)
+            async with self._slot(upstream.name, ex):
+                # One deadline per request: first the response headers (read_timeout), then
+                # rescheduled after every chunk (stream_idle_timeout, max_stream_duration).
+                try:
+                    async with asyncio.timeout(self.limits.read_timeout) as deadline:
+                        response = await self.sessions[upstream.name].request(
+                            ex.method, URL(target, encoded=True), headers=headers,
+                            data=body or None, allow_redirects=False)
+                        await self._relay(ex, response, send, deadline)
+                except TimeoutError:
+                    if not ex.responded:
+                        raise GatewayError(504, f"{upstream.name} did not answer in time "
+                                           f"({target.split('?')[0]})") from None
+                    if not ex.recorded:
+                        ex.reading = ex.meter.finish() if ex.meter is not None else None
+                        ex.error = self._cut_reason(ex)
+                        await self._account(ex)
+                except aiohttp.ClientError as exc:
+                    if ex.responded:
+                        raise
+                    raise GatewayError(502, f"cannot reach {upstream.name} at "
+                                       f"{upstream.base_url}: {exc.__class__.__name__}") from None
         except asyncio.CancelledError:
             if not ex.client_gone:
                 raise
@@ -282,7 +342,13 @@ class Proxy:
             if response is not None:
                 response.close()
 
-    async def _relay(self, ex: Exchange, response: aiohttp.ClientResponse, send: Send) -> None:
+    def _cut_reason(self, ex: Exchange) -> str:
+        if time.perf_counter() - ex.t0 >= self.limits.max_stream_duration:
+            return "response exceeded limits.max_stream_duration; cut"
+        return "upstream silent for longer than limits.stream_idle_timeout; cut"
+
+    async def _relay(self, ex: Exchange, response: aiohttp.ClientResponse, send: Send,
+                     deadline: asyncio.Timeout) -> None:
         assert ex.upstream is not None and ex.route is not None
         ex.status = response.status
         content_type = response.headers.get("Content-Type", "")
@@ -306,8 +372,13 @@ class Proxy:
                     "headers": out_headers})
         remaining = response.content_length if "Transfer-Encoding" not in response.headers \
             else None
+        loop = asyncio.get_running_loop()
+        idle = self.limits.stream_idle_timeout
+        end_at = loop.time() + self.limits.max_stream_duration - (time.perf_counter() - ex.t0)
+        deadline.reschedule(min(loop.time() + idle, end_at))
         try:
             async for chunk in response.content.iter_any():
+                deadline.reschedule(min(loop.time() + idle, end_at))
                 if ex.first_byte_at is None:
                     ex.first_byte_at = time.perf_counter()
                 meter.feed(chunk)
@@ -319,7 +390,7 @@ class Proxy:
                         ex.reading = meter.finish()
                         await self._account(ex)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except aiohttp.ClientError as exc:
             ex.reading = meter.finish()
             ex.error = f"upstream failed mid-response: {exc.__class__.__name__}"
             await self._account(ex)
@@ -346,6 +417,43 @@ class Proxy:
             access_log.info("%s %s %s %s", record["status"], record["provider"],
                             record["model"], record["path"],
                             extra={"access": {k: record.get(k) for k in ACCESS_FIELDS}})
+
+
+class Limiter:
+    """A semaphore with a bounded queue: past it, callers are refused at once."""
+
+    __slots__ = ("max_waiting", "semaphore", "waiting")
+
+    def __init__(self, concurrent: int, queue: int):
+        self.semaphore = asyncio.Semaphore(concurrent)
+        self.max_waiting = queue
+        self.waiting = 0
+
+    async def acquire(self, status: int, message: str) -> None:
+        if self.semaphore.locked():
+            if self.waiting >= self.max_waiting:
+                raise GatewayError(status, message, headers={"Retry-After": "1"})
+            self.waiting += 1
+            try:
+                await self.semaphore.acquire()
+            finally:
+                self.waiting -= 1
+        else:
+            await self.semaphore.acquire()
+
+    def release(self) -> None:
+        self.semaphore.release()
+
+
+# "..", encoded ".", "/", "\\" or NUL, and raw control characters.
+_UNSAFE_PATH = re.compile(rb"(^|/)\.\.(/|$)|%2e|%2f|%5c|%00|[\x00-\x1f\x7f]", re.IGNORECASE)
+
+
+def _raw_upstream_path(raw_path: bytes, path: str, upstream_path: str) -> str:
+    """The route's upstream path, taken from the bytes the caller sent (percent-escapes kept)."""
+    prefix = path[:len(path) - len(upstream_path)] if path.endswith(upstream_path) else ""
+    raw = raw_path.decode("latin-1")
+    return raw[len(prefix):] if raw.startswith(prefix) and upstream_path else upstream_path
 
 
 def _on_disconnect(watcher: asyncio.Future[dict[str, Any]], ex: Exchange,

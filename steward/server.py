@@ -31,8 +31,13 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.workers = config.server.workers
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.keep_alive_timeout = 75.0  # SDK clients keep connections open between calls
     hc.graceful_timeout = config.server.drain_timeout
+    limits = config.limits
+    # Idle connections, and callers trickling their request headers, are closed after this;
+    # a request body that stops arriving gets 408 from the proxy.
+    hc.keep_alive_timeout = limits.client_timeout
+    # Let oversized headers reach Steward, which answers 431 in the provider's shape.
+    hc.h11_max_incomplete_size = limits.max_header_bytes + limits.max_url_bytes + 16 * 1024
     hc.application_path = "steward.app:create_app()"
     return hc
 

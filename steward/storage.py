@@ -133,7 +133,13 @@ def open_store(settings: StoreSettings) -> BodyStore:
         session = boto3.session.Session(aws_access_key_id=settings.access_key_id,
                                         aws_secret_access_key=settings.secret_access_key,
                                         region_name=settings.region or None)
-        client = session.client("s3", endpoint_url=settings.endpoint_url or None)
+        from botocore.config import Config as BotoConfig
+
+        # Steward retries with its own backoff (and spills to disk), so boto3 fails fast.
+        client = session.client("s3", endpoint_url=settings.endpoint_url or None,
+                                config=BotoConfig(connect_timeout=10, read_timeout=60,
+                                                  retries={"max_attempts": 2,
+                                                           "mode": "standard"}))
         extra: dict[str, str] = {}
         if settings.sse:
             extra["ServerSideEncryption"] = settings.sse

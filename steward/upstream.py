@@ -25,8 +25,9 @@ def make_session(limits: LimitsConfig) -> aiohttp.ClientSession:
     )
     return aiohttp.ClientSession(
         connector=connector,
+        # Reads are bounded per request by the proxy (read_timeout, then stream limits).
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=limits.connect_timeout,
-                                      sock_read=limits.read_timeout),
+                                      sock_read=None),
         auto_decompress=False,  # relay the provider's bytes; accounting decodes its own copy
         cookie_jar=aiohttp.DummyCookieJar(),  # never carry one caller's cookies to another
         skip_auto_headers=_NO_AUTO_HEADERS,

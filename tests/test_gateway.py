@@ -27,7 +27,8 @@ def chat(daemon: Daemon, key: str, **headers: str) -> httpx.Response:
 @pytest.fixture
 def daemon(fresh_home: tuple[Path, str], upstream: FakeUpstream):
     home, key = fresh_home
-    env = {**provider_env(upstream.url), "STEWARD_LIMITS__READ_TIMEOUT": "1"}
+    env = {**provider_env(upstream.url), "STEWARD_LIMITS__READ_TIMEOUT": "1",
+           "STEWARD_LIMITS__STREAM_IDLE_TIMEOUT": "1"}
     started = Daemon(home, env=env).start()
     yield started, key
     started.stop()
@@ -86,7 +87,7 @@ def test_stalled_stream_is_cut_and_recorded(daemon: tuple[Daemon, str]) -> None:
         list(client.chat.completions.create(model="gpt-4o", messages=BODY["messages"],
                                             stream=True))
     record = running.records()[-1]
-    assert record["error"].startswith("upstream failed mid-response")
+    assert "limits.stream_idle_timeout" in record["error"]
     assert record["status"] == 200 and record["stream"] is True
 
 

@@ -17,6 +17,7 @@ METHODS = {"generateContent", "streamGenerateContent", "countTokens", "embedCont
            "batchEmbedContents", "batchGenerateContent", "predict", "predictLongRunning"}
 _PATH = re.compile(r"^/(v1beta|v1|v1alpha)/models/([^/:]+):([A-Za-z]+)$")
 _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+           414: "INVALID_ARGUMENT", 431: "INVALID_ARGUMENT",
            404: "NOT_FOUND", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
            499: "CANCELLED", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 

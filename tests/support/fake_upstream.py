@@ -119,6 +119,19 @@ class FakeUpstream:
             kind = "openai"
         if behavior.startswith("status:"):
             return self.error(kind, int(behavior.split(":", 1)[1]))
+        if behavior == "reset-before-headers":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        if behavior == "not-json":
+            return web.Response(body=b"<html>upstream proxy error</html>",
+                                content_type="application/json")
+        if behavior == "short-content-length":
+            assert request.transport is not None
+            request.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                    b"Content-Length: 500\r\n\r\n{\"partial\": tr")
+            request.transport.close()
+            return web.Response()
         if kind == "anthropic":
             if path.endswith("/count_tokens"):
                 return web.json_response({"input_tokens": 42})

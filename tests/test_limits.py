@@ -1,0 +1,168 @@
+"""Limits and misbehaving peers: each costs at most the one request, in the provider's shape."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.daemon import Daemon, provider_env
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.waiting import wait_for
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def limited(fresh_home: tuple[Path, str], upstream: FakeUpstream):
+    home, key = fresh_home
+    env = {**provider_env(upstream.url), "STEWARD_LIMITS__MAX_HEADERS": "40",
+           "STEWARD_LIMITS__MAX_URL_BYTES": "2KiB", "STEWARD_LIMITS__STREAM_IDLE_TIMEOUT": "1",
+           "STEWARD_LIMITS__READ_TIMEOUT": "2", "STEWARD_LIMITS__MAX_STREAM_DURATION": "3",
+           "STEWARD_LIMITS__MAX_CONCURRENT_PER_PROVIDER": "2",
+           "STEWARD_LIMITS__MAX_QUEUED_PER_PROVIDER": "1", "STEWARD_LIMITS__CLIENT_TIMEOUT": "2"}
+    daemon = Daemon(home, env=env).start()
+    yield daemon, key
+    daemon.stop()
+
+
+def headers(key: str, **extra: str) -> dict[str, str]:
+    return {"X-Majordomo-Key": key, "Authorization": "Bearer sk", **extra}
+
+
+def read_cut_stream(daemon: Daemon, key: str, behavior: str) -> None:
+    """A stream Steward has to cut: the caller must see an error, not a clean end."""
+    with pytest.raises(httpx.HTTPError), httpx.stream(
+            "POST", daemon.url + CHAT, timeout=30, json={"model": "gpt-4o", "stream": True},
+            headers=headers(key, **{"x-fake-behavior": behavior})) as response:
+        for _ in response.iter_raw():
+            pass
+
+
+def healthy(daemon: Daemon, key: str) -> bool:
+    got = httpx.post(daemon.url + CHAT, json={"model": "gpt-4o"}, headers=headers(key))
+    return got.status_code == 200 and got.json()["usage"]["prompt_tokens"] == 25
+
+
+def test_url_and_header_limits(limited: tuple[Daemon, str]) -> None:
+    daemon, key = limited
+    long_url = httpx.post(daemon.url + CHAT + "?q=" + "x" * 3000, json={}, headers=headers(key))
+    assert long_url.status_code == 414 and "limits.max_url_bytes" in long_url.json()[
+        "error"]["message"]
+    many = httpx.post(daemon.url + "/v1/messages", json={},
+                      headers={**headers(key), **{f"x-h{i}": "v" for i in range(50)}})
+    assert many.status_code == 431 and many.json()["type"] == "error"
+    big = httpx.post(daemon.url + CHAT, json={}, headers={**headers(key), "x-big": "v" * 70000})
+    assert big.status_code == 431 and "limits.max_header_bytes" in big.json()["error"]["message"]
+    assert healthy(daemon, key)
+
+
+@pytest.mark.parametrize("path", ["/v1/../admin", "/v1/%2e%2e/chat/completions",
+                                  "/v1/chat%2Fcompletions", "/v1/chat/completions%00",
+                                  "/v1beta/models/x%5c..:generateContent"])
+def test_paths_that_could_steer_are_refused(limited: tuple[Daemon, str],
+                                            upstream: FakeUpstream, path: str) -> None:
+    daemon, key = limited
+    before = len(upstream.requests)
+    with socket.create_connection(("127.0.0.1", daemon.port)) as raw:
+        raw.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nX-Majordomo-Key: {key}\r\n"
+                    "Content-Length: 2\r\nConnection: close\r\n\r\n{}".encode())
+        reply = b""
+        while chunk := raw.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400") or reply.startswith(b"HTTP/1.1 404"), reply[:200]
+    assert len(upstream.requests) == before
+    assert healthy(daemon, key)
+
+
+def test_percent_escapes_are_forwarded_as_sent(limited: tuple[Daemon, str],
+                                               upstream: FakeUpstream) -> None:
+    daemon, key = limited
+    httpx.get(daemon.url + "/v1/models/ft%3Agpt-4o%3Aacme", headers=headers(key))
+    assert upstream.last().path == "/v1/models/ft:gpt-4o:acme"  # aiohttp decodes on its side
+    assert "%3A" in upstream.last().query or upstream.last().path.endswith("acme")
+
+
+def test_slow_upstream_headers_are_504(limited: tuple[Daemon, str]) -> None:
+    daemon, key = limited
+    got = httpx.post(daemon.url + CHAT, json={"model": "gpt-4o"},
+                     headers=headers(key, **{"x-fake-behavior": "delay:4"}), timeout=30)
+    assert got.status_code == 504
+    assert healthy(daemon, key)
+
+
+def test_idle_stream_is_cut_and_recorded(limited: tuple[Daemon, str]) -> None:
+    daemon, key = limited
+    read_cut_stream(daemon, key, "stall")
+    record = daemon.records()[-1]
+    assert "limits.stream_idle_timeout" in record["error"]
+    assert record["response_model"] == "gpt-4o-2024-08-06"  # usage from what was seen
+    assert healthy(daemon, key)
+
+
+def test_overlong_stream_is_cut(limited: tuple[Daemon, str]) -> None:
+    daemon, key = limited
+    read_cut_stream(daemon, key, "pace:0.8")
+    assert "max_stream_duration" in daemon.records()[-1]["error"]
+    assert healthy(daemon, key)
+
+
+def test_concurrency_cap_queues_then_refuses_with_retry_after(
+        limited: tuple[Daemon, str], upstream: FakeUpstream) -> None:
+    daemon, key = limited
+    results: list[httpx.Response] = []
+
+    def slow() -> None:
+        results.append(httpx.post(daemon.url + CHAT, json={"model": "gpt-4o"}, timeout=30,
+                                  headers=headers(key, **{"x-fake-behavior": "delay:1.5"})))
+
+    threads = [threading.Thread(target=slow) for _ in range(3)]  # 2 in flight, 1 queued
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: sum(r.headers.get("x-fake-behavior") == "delay:1.5"
+                         for r in upstream.requests) >= 2, 10, "two requests upstream")
+    refused = httpx.post(daemon.url + CHAT, json={"model": "gpt-4o"}, headers=headers(key))
+    for thread in threads:
+        thread.join(30)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "requests in flight" in refused.json()["error"]["message"]
+    assert [r.status_code for r in results] == [200, 200, 200]  # the queued one waited
+
+
+@pytest.mark.parametrize(("behavior", "status", "error"), [
+    ("reset-before-headers", 502, "cannot reach openai"),
+    ("not-json", 200, None),
+    ("short-content-length", 200, "upstream failed mid-response"),
+])
+def test_misbehaving_upstream(limited: tuple[Daemon, str], behavior: str, status: int,
+                              error: str | None) -> None:
+    daemon, key = limited
+    try:
+        got = httpx.post(daemon.url + CHAT, json={"model": "gpt-4o"},
+                         headers=headers(key, **{"x-fake-behavior": behavior}))
+        assert got.status_code == status
+    except httpx.HTTPError:
+        assert behavior == "short-content-length"  # the caller sees a cut, not a clean end
+    record = daemon.records()[-1]
+    if error is None:
+        assert record["error"] is None and record["input_tokens"] is None  # bytes relayed as-is
+    else:
+        assert error in (record["error"] or json.dumps(record))
+    assert healthy(daemon, key)
+
+
+def test_client_that_stops_sending_is_dropped(limited: tuple[Daemon, str]) -> None:
+    daemon, key = limited
+    with socket.create_connection(("127.0.0.1", daemon.port)) as raw:
+        raw.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nX-Majordomo-Key: {key}\r\n"
+                    "Authorization: Bearer sk\r\nContent-Length: 100\r\n\r\n{\"mo".encode())
+        raw.settimeout(15)
+        reply = b""
+        while chunk := raw.recv(65536):  # after limits.client_timeout
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 408") and b"limits.client_timeout" in reply
+    assert healthy(daemon, key)
