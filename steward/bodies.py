@@ -185,14 +185,17 @@ class BodyWriter:
             if capture is None:
                 return
             self.queued_bytes -= capture.size
-            try:
-                data = await asyncio.to_thread(build_document, capture)
+            try:  # build and first upload attempt in one thread hop: most bodies need no more
+                data, stored = await asyncio.to_thread(self._build_and_put, capture)
             except Exception as exc:  # a bug building one document must not stop the worker
                 log.exception("could not build the body document for %s", capture.key)
                 self.last_error = f"{exc.__class__.__name__}: {exc}"
                 continue
-            # Shutting down: one try, then disk, so the drain finishes within its deadline.
-            if not await self._upload(capture.key, data, attempts=1 if self._stopping else None):
+            if stored:
+                continue
+            # Shutting down: no more tries, straight to disk, so the drain meets its deadline.
+            if self._stopping or not await self._upload(capture.key, data,
+                                                        attempts=self.attempts - 1):
                 await asyncio.to_thread(self._spill, capture.key, data)
 
     async def _upload(self, key: str, data: bytes, attempts: int | None = None,
@@ -211,6 +214,17 @@ class BodyWriter:
             log.warning("body %s not uploaded yet (%s); keeping it in %s", key,
                         self.last_error, self.pending_dir)
         return False
+
+    def _build_and_put(self, capture: Capture) -> tuple[bytes, bool]:
+        data = build_document(capture)
+        try:
+            self.store.put(capture.key, data)
+        except Exception as exc:  # SDKs raise many types; every one means "not stored"
+            self.failures += 1
+            self.last_error = f"{exc.__class__.__name__}: {exc}"[:500]
+            return data, False
+        self.uploaded += 1
+        return data, True
 
     def _spill_capture(self, capture: Capture) -> None:
         self._spill(capture.key, build_document(capture))

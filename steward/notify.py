@@ -7,6 +7,7 @@ import os
 import socket
 
 log = logging.getLogger("steward")
+_warned: list[bool] = []
 
 
 def notify(message: str) -> bool:
@@ -25,6 +26,9 @@ def notify(message: str) -> bool:
     except BlockingIOError:
         return False
     except OSError as exc:
-        log.warning("could not notify systemd (%s): %s", os.environ.get("NOTIFY_SOCKET"), exc)
+        if not _warned:  # once: a vanished socket must not fill the log every few seconds
+            _warned.append(True)
+            log.warning("could not notify systemd (%s): %s", os.environ.get("NOTIFY_SOCKET"),
+                        exc)
         return False
     return True
