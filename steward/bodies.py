@@ -14,7 +14,6 @@ import contextlib
 import gzip
 import json
 import logging
-import os
 import random
 import time
 import zlib
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from .files import write_atomic
 from .storage import BodyStore
 
 log = logging.getLogger("steward.bodies")
@@ -231,17 +231,8 @@ class BodyWriter:
 
     def _spill(self, key: str, data: bytes) -> None:
         """Atomically to local disk; a disk failure is loud, and the request still succeeded."""
-        name = key.replace("/", "__")
-        path = self.pending_dir / name
-        tmp = self.pending_dir / f".{name}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+            write_atomic(self.pending_dir / key.replace("/", "__"), data)
             self.spilled += 1
             self._wake_drain.set()
         except OSError as exc:
@@ -279,6 +270,4 @@ class BodyWriter:
 
     def write_status(self, home: Path) -> None:
         with contextlib.suppress(OSError):
-            tmp = home / f".{BODIES_STATUS}.tmp"
-            tmp.write_text(json.dumps(self.status()))
-            os.replace(tmp, home / BODIES_STATUS)
+            write_atomic(home / BODIES_STATUS, json.dumps(self.status()).encode())

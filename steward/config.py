@@ -17,6 +17,7 @@ from typing import Any
 import tomlkit
 
 from .errors import ConfigError
+from .files import write_atomic
 
 CONFIG_FILE = "steward.toml"
 ENV_PREFIX = "STEWARD_"
@@ -387,13 +388,7 @@ def set_value(home: Path, dotted: str, text: str) -> Any:
 
 def write_private(path: Path, text: str) -> None:
     """Atomic replace with 0600 permissions: a crash never leaves half a config."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, text.encode())
 
 
 _SECRET_FIELD = re.compile(r"(token|secret|password|api_key)$")

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from . import db
 from .crypto import Vault
 from .errors import StewardError
+from .files import write_atomic
 
 log = logging.getLogger("steward")
 
@@ -129,13 +130,7 @@ def _keyring_delete(backend: Any, username: str) -> None:
 
 
 def _write_key_file(path: Path, key: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key.hex() + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, (key.hex() + "\n").encode())
 
 
 def find(home: Path, env: Mapping[str, str] | None = None) -> MasterKey | None:

@@ -6,13 +6,13 @@ Every method is blocking and is called from worker threads, never from the event
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from .errors import StewardError
+from .files import write_atomic
 
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "gzip"
@@ -36,14 +36,7 @@ class LocalStore:
     def put(self, key: str, data: bytes) -> None:
         path = self.root / key
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_atomic(path, data)
 
     def get(self, key: str) -> bytes:
         return (self.root / key).read_bytes()

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from .files import write_atomic
 from .spool import SEGMENT_SUFFIX, segment_writer_alive
 
 log = logging.getLogger("steward.upload")
@@ -70,23 +71,6 @@ class Cursor:
                 "inflight": {"key": self.inflight.key, "ranges": self.inflight.ranges}
                 if self.inflight else None}
         write_atomic(directory / CURSOR_FILE, json.dumps(data).encode())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """temp file, fsync, rename, fsync the directory: all or nothing, even on power loss."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def segments(directory: Path) -> list[Path]:

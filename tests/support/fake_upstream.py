@@ -19,6 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.support.loopback import LoopbackServer
+
 CHAT_USAGE = {"prompt_tokens": 25, "completion_tokens": 12, "total_tokens": 37,
               "prompt_tokens_details": {"cached_tokens": 5, "audio_tokens": 0},
               "completion_tokens_details": {"reasoning_tokens": 4, "audio_tokens": 0}}
@@ -57,45 +59,22 @@ class FakeUpstream:
     requests: list[Seen] = field(default_factory=list)
     closed_streams: int = 0
     stream_closed: threading.Event = field(default_factory=threading.Event)
-    _loop: asyncio.AbstractEventLoop | None = None
-    _runner: web.AppRunner | None = None
-    _thread: threading.Thread | None = None
+    _server: LoopbackServer | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> FakeUpstream:
-        ready = threading.Event()
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_until_complete(self._start())
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, daemon=True, name="fake-upstream")
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    async def _start(self) -> None:
         app = web.Application(client_max_size=1024**3)
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._server = LoopbackServer(app, self.port, "fake-upstream")
+        self.port = self._server.start()
+        return self
 
     def stop(self) -> None:
-        if self._loop is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)  # type: ignore[union-attr]
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread:
-            self._thread.join(10)
+        if self._server is not None:
+            self._server.stop()
 
     def last(self) -> Seen:
         return self.requests[-1]
