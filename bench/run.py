@@ -82,8 +82,11 @@ def rss_mb(pids: list[int]) -> list[float]:
 
 
 def to_ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    """wrk's '512.00us' / '1.20ms' / '2.00s'; NaN when it printed something else."""
+    match = re.match(r"([\d.]+)(us|ms|s)$", text)
+    if match is None:
+        return float("nan")
+    return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
 
 
 def wrk(url: str, script: Path, connections: int) -> dict[str, float]:
