@@ -109,6 +109,7 @@ class Gateway:
         await asyncio.gather(*(s.close() for s in self.sessions.values()))
         if self.bodies is not None:
             await self.bodies.stop()
+            await asyncio.to_thread(self.bodies.write_status, self.config.home)  # the final word
         await asyncio.to_thread(self._flush_last_used)
         await self.spool.sync()
         self.spool.close()

@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.daemon import Daemon, cli, free_port, provider_env
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.storage_servers import MotoS3, gcs_client, gcs_server
+from tests.support.storage_servers import MotoS3, S3rver, gcs_client, gcs_server, s3rver_binary
 from tests.support.waiting import wait_for
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -239,3 +239,34 @@ def test_bucket_status_reports_pending(fresh_home: tuple[Path, str]) -> None:
     assert status["pending_on_disk"] == 1
 
 
+
+
+def test_wrong_credentials_are_named_and_bodies_wait_on_disk(
+        fresh_home: tuple[Path, str], upstream: FakeUpstream, tmp_path: Path) -> None:
+    binary = s3rver_binary()
+    if binary is None:
+        pytest.skip("needs npm to install s3rver, which checks S3 credentials")
+    server = S3rver(tmp_path / "s3").start(binary)
+    home, key = fresh_home
+    try:
+        cli("bucket", "set", "s3://llm-bodies/x", "--endpoint-url", server.url, "--region",
+            "us-east-1", "--access-key-id", "NOT-A-KEY", home=home, input="secret\n")
+        failed = cli("bucket", "test", home=home, check=False)
+        assert failed.returncode == 1
+        assert "failed at write: the credentials are missing or wrong" in failed.stderr
+        daemon = Daemon(home, env=provider_env(upstream.url)).start()
+        try:
+            got = httpx.post(daemon.url + "/v1/chat/completions", json={"model": "gpt-4o"},
+                             headers={"X-Majordomo-Key": key, "Authorization": "Bearer sk"})
+            assert got.status_code == 200  # the request succeeds; its body waits on disk
+            wait_for(lambda: list((home / "pending-bodies").glob("*.json.gz")), 30,
+                     "the body to be kept on disk")
+        finally:
+            daemon.stop()
+        status = json.loads(cli("bucket", "status", "--json", home=home).stdout)
+        assert status["pending_on_disk"] == 1 and "InvalidAccessKeyId" in status["last_error"]
+        cli("bucket", "set", "s3://llm-bodies/x", "--access-key-id", "S3RVER", home=home,
+            input="S3RVER\n")
+        assert "ok" in cli("bucket", "test", home=home).stdout.lower()
+    finally:
+        server.stop()

@@ -73,3 +73,50 @@ def gcs_client(endpoint: str):  # type: ignore[no-untyped-def]
 
     return storage.Client(project="steward", credentials=AnonymousCredentials(),
                           client_options={"api_endpoint": endpoint})
+
+
+S3RVER_VERSION = "3.7.1"
+
+
+def s3rver_binary() -> str | None:
+    """s3rver (npm) checks access keys, unlike moto; installed into .venv on first use."""
+    import shutil
+
+    prefix = Path(sys.prefix) / "s3rver"
+    binary = prefix / "node_modules" / ".bin" / "s3rver"
+    if binary.exists():
+        return str(binary)
+    if shutil.which("npm") is None:
+        return None
+    prefix.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["npm", "install", "--silent", "--prefix", str(prefix),
+                    f"s3rver@{S3RVER_VERSION}"], check=True, capture_output=True, timeout=300)
+    return str(binary)
+
+
+@dataclass
+class S3rver:
+    """Accepts only the access key id S3RVER; serves bucket llm-bodies."""
+
+    directory: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, binary: str) -> S3rver:
+        self.port = free_port()
+        env = {**os.environ, "NODE_OPTIONS": "--openssl-legacy-provider"}
+        self.process = subprocess.Popen(
+            [binary, "-d", str(self.directory), "-a", "127.0.0.1", "-p", str(self.port),
+             "--configure-bucket", "llm-bodies"], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
