@@ -36,6 +36,7 @@ class Exchange:
     status: int | None = None
     stream: bool = False
     first_byte_at: float | None = None
+    stream_end_at: float = 0.0  # the loop-clock time max_stream_duration cuts the response
     finished_at: float | None = None
     meter: Meter | None = None
     reading: Reading | None = None

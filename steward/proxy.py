@@ -343,7 +343,8 @@ class Proxy:
                 response.close()
 
     def _cut_reason(self, ex: Exchange) -> str:
-        if time.perf_counter() - ex.t0 >= self.limits.max_stream_duration:
+        # Same clock as the deadline that fired: the loop's.
+        if ex.stream_end_at and asyncio.get_running_loop().time() >= ex.stream_end_at - 0.001:
             return "response exceeded limits.max_stream_duration; cut"
         return "upstream silent for longer than limits.stream_idle_timeout; cut"
 
@@ -375,6 +376,7 @@ class Proxy:
         loop = asyncio.get_running_loop()
         idle = self.limits.stream_idle_timeout
         end_at = loop.time() + self.limits.max_stream_duration - (time.perf_counter() - ex.t0)
+        ex.stream_end_at = end_at
         deadline.reschedule(min(loop.time() + idle, end_at))
         try:
             async for chunk in response.content.iter_any():

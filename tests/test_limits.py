@@ -21,7 +21,7 @@ CHAT = "/v1/chat/completions"
 def limited(fresh_home: tuple[Path, str], upstream: FakeUpstream):
     home, key = fresh_home
     env = {**provider_env(upstream.url), "STEWARD_LIMITS__MAX_HEADERS": "40",
-           "STEWARD_LIMITS__MAX_URL_BYTES": "2KiB", "STEWARD_LIMITS__STREAM_IDLE_TIMEOUT": "1",
+           "STEWARD_LIMITS__MAX_URL_BYTES": "2KiB", "STEWARD_LIMITS__STREAM_IDLE_TIMEOUT": "2",
            "STEWARD_LIMITS__READ_TIMEOUT": "2", "STEWARD_LIMITS__MAX_STREAM_DURATION": "3",
            "STEWARD_LIMITS__MAX_CONCURRENT_PER_PROVIDER": "2",
            "STEWARD_LIMITS__MAX_QUEUED_PER_PROVIDER": "1", "STEWARD_LIMITS__CLIENT_TIMEOUT": "2"}
@@ -106,7 +106,7 @@ def test_idle_stream_is_cut_and_recorded(limited: tuple[Daemon, str]) -> None:
 
 def test_overlong_stream_is_cut(limited: tuple[Daemon, str]) -> None:
     daemon, key = limited
-    read_cut_stream(daemon, key, "pace:0.8")
+    read_cut_stream(daemon, key, "pace:0.5")  # 8 events: 3.5 s > 3 s
     assert "max_stream_duration" in daemon.records()[-1]["error"]
     assert healthy(daemon, key)
 
