@@ -221,12 +221,11 @@ class Proxy:
                 caller = True
             kept.append((name, value))
         if ex.upstream.fmt.name == "gemini" and b"key=" in ex.query:
-            pairs = parse_qsl(ex.query.decode("latin-1"), keep_blank_values=True)
-            gateway = [v for k, v in pairs if k == "key" and v.startswith(KEY_PREFIX)]
-            if gateway:
-                key_value = key_value or gateway[0]
-                ex.query = urlencode([(k, v) for k, v in pairs if k != "key"]).encode()
-            caller = caller or any(k == "key" for k, v in pairs if not v.startswith(KEY_PREFIX))
+            keys, rest = _split_query_key(ex.query)
+            if any(k.startswith(KEY_PREFIX) for k in keys):
+                key_value = key_value or next(k for k in keys if k.startswith(KEY_PREFIX))
+                ex.query = rest
+            caller = caller or any(not k.startswith(KEY_PREFIX) for k in keys)
         return kept, key_value, caller
 
     def _credential_names(self, ex: Exchange) -> set[str]:
@@ -242,7 +241,7 @@ class Proxy:
         if caller and upstream.allow_caller_credentials:
             return
         stored = self.credentials.lookup(upstream.name, ex.key.id, time.time())
-        header = upstream.fmt.credential_header("…")[0]
+        header = upstream.fmt.credential_headers[0].decode()
         if stored is None:
             if caller:
                 raise GatewayError(401, f"{upstream.name} does not accept callers' own "
@@ -255,8 +254,7 @@ class Proxy:
             names = self._credential_names(ex)
             headers[:] = [(n, v) for n, v in headers if n not in names]
             if upstream.fmt.name == "gemini" and b"key=" in ex.query:
-                pairs = parse_qsl(ex.query.decode("latin-1"), keep_blank_values=True)
-                ex.query = urlencode([(k, v) for k, v in pairs if k != "key"]).encode()
+                ex.query = _split_query_key(ex.query)[1]
         headers.append(upstream.fmt.credential_header(stored))
 
     def _authenticate(self, ex: Exchange, presented: str | None) -> None:
@@ -449,6 +447,13 @@ class Limiter:
 
 # "..", encoded ".", "/", "\\" or NUL, and raw control characters.
 _UNSAFE_PATH = re.compile(rb"(^|/)\.\.(/|$)|%2e|%2f|%5c|%00|[\x00-\x1f\x7f]", re.IGNORECASE)
+
+
+def _split_query_key(query: bytes) -> tuple[list[str], bytes]:
+    """Gemini's ?key= values, and the query without them."""
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    keys = [v for k, v in pairs if k == "key"]
+    return keys, urlencode([(k, v) for k, v in pairs if k != "key"]).encode()
 
 
 def _raw_upstream_path(raw_path: bytes, path: str, upstream_path: str) -> str:

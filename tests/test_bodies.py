@@ -246,7 +246,7 @@ def test_wrong_credentials_are_named_and_bodies_wait_on_disk(
     binary = s3rver_binary()
     if binary is None:
         pytest.skip("needs npm to install s3rver, which checks S3 credentials")
-    server = S3rver(tmp_path / "s3").start(binary)
+    server = S3rver(directory=tmp_path / "s3").start(binary)
     home, key = fresh_home
     try:
         cli("bucket", "set", "s3://llm-bodies/x", "--endpoint-url", server.url, "--region",

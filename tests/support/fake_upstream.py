@@ -48,6 +48,7 @@ class Seen:
     method: str
     path: str
     query: str
+    raw_path: str
     headers: dict[str, str]
     body: bytes
 
@@ -84,6 +85,7 @@ class FakeUpstream:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append(Seen(request.method, request.path, request.query_string,
+                                  request.raw_path.split("?")[0],
                                   dict(request.headers), body))
         behavior = request.headers.get("x-fake-behavior", "")
         if behavior.startswith("delay:"):

@@ -28,7 +28,9 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
 
 
 @dataclass
-class MotoS3:
+class LoopbackProcess:
+    """A storage server run as a child process on a loopback port."""
+
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -36,18 +38,24 @@ class MotoS3:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> MotoS3:
+    def launch(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.port = self.port or free_port()
-        self.process = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(self.port)],
+        self.process = subprocess.Popen([*argv, str(self.port)], env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port)
-        return self
 
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(10)
             self.process = None
+
+
+@dataclass
+class MotoS3(LoopbackProcess):
+    def start(self) -> MotoS3:
+        self.launch([MOTO, "-H", "127.0.0.1", "-p"])
+        return self
 
     def client(self):  # type: ignore[no-untyped-def]
         import boto3
@@ -95,28 +103,13 @@ def s3rver_binary() -> str | None:
 
 
 @dataclass
-class S3rver:
+class S3rver(LoopbackProcess):
     """Accepts only the access key id S3RVER; serves bucket llm-bodies."""
 
-    directory: Path
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    directory: Path = Path()
 
     def start(self, binary: str) -> S3rver:
-        self.port = free_port()
-        env = {**os.environ, "NODE_OPTIONS": "--openssl-legacy-provider"}
-        self.process = subprocess.Popen(
-            [binary, "-d", str(self.directory), "-a", "127.0.0.1", "-p", str(self.port),
-             "--configure-bucket", "llm-bodies"], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port)
+        self.launch([binary, "-d", str(self.directory), "-a", "127.0.0.1",
+                     "--configure-bucket", "llm-bodies", "-p"],
+                    env={**os.environ, "NODE_OPTIONS": "--openssl-legacy-provider"})
         return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
