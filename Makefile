@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint bench dist clean
+.PHONY: run test lint bench fuzz dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py
 
+# Coverage-guided fuzzing of the stream parsers and meters, bounded in time; findings are
+# written to .fuzz-artifacts/ and the corpus grows in .fuzz-corpus/ between runs.
+FUZZ_SECONDS ?= 300
+fuzz: $(VENV)/.installed-test
+	mkdir -p .fuzz-artifacts
+	$(BIN)/python tests/fuzz/fuzz_parsers.py -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+		-rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=.fuzz-artifacts/
+
 # One self-contained file: a shiv zipapp of Steward and its pinned dependencies. It needs only
 # the matching Python (3.11+) on the target; it unpacks once into $SHIV_ROOT (~/.shiv).
 dist: $(VENV)/.installed
@@ -42,4 +50,4 @@ dist: $(VENV)/.installed
 	@ls -l dist/steward
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis .fuzz-corpus .fuzz-artifacts

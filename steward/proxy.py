@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 from yarl import URL
@@ -23,6 +21,13 @@ from .bodies import BodyWriter, Capture, object_key
 from .config import LimitsConfig
 from .errors import GatewayError
 from .exchange import Exchange
+from .forwarding import (
+    HOP_BY_HOP,
+    UNSAFE_PATH,
+    split_headers,
+    split_query_key,
+    upstream_url,
+)
 from .gateway_keys import KEY_PREFIX, KeyIndex
 from .metrics import Metrics
 from .pricing import Pricer
@@ -40,25 +45,9 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-    b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length",
-    b"expect", b"proxy-connection",
-})
-MAJORDOMO = b"x-majordomo-"
-RESERVED = {"key", "provider"}
-DECODABLE = {"gzip", "deflate", "identity"}
 REQUEST_ID_HEADER = b"x-majordomo-request-id"
 BODY_META = ("id", "ts", "api_key_id", "provider", "endpoint", "model", "response_model",
              "method", "path", "stream", "status")
-
-
-def filter_accept_encoding(value: bytes) -> bytes:
-    """Keep only codings Steward can read for accounting (gzip, deflate); the caller's client
-    can decode every coding it offered, so narrowing the offer is safe."""
-    kept = [part for part in value.split(b",")
-            if part.split(b";")[0].strip().decode("latin-1").lower() in DECODABLE]
-    return b",".join(kept).strip() or b"identity"
 
 
 class Proxy:
@@ -113,11 +102,12 @@ class Proxy:
         fmt = None
         try:
             self._check_request_shape(scope)
-            headers, key_value, provider = self._split_headers(ex, scope["headers"])
-            ex.upstream, ex.route = self.router.resolve(ex.method, ex.path, provider)
+            split = split_headers(scope["headers"], self.max_tags, self.max_tag_bytes)
+            ex.tags = split.tags
+            ex.upstream, ex.route = self.router.resolve(ex.method, ex.path, split.provider)
             fmt = ex.upstream.fmt
-            headers, key_value, caller_credential = self._take_credentials(ex, headers,
-                                                                           key_value)
+            headers, key_value, caller_credential = self._take_credentials(ex, split.forward,
+                                                                           split.key)
             self._authenticate(ex, key_value)
             self._inject_credential(ex, headers, caller_credential)
             body = await self._read_body(scope, receive)
@@ -167,41 +157,9 @@ class Proxy:
         if sum(len(n) + len(v) for n, v in headers) > self.limits.max_header_bytes:
             raise GatewayError(431, "the request headers are larger than Steward's limit of "
                                f"{self.limits.max_header_bytes} bytes (limits.max_header_bytes)")
-        if _UNSAFE_PATH.search(raw_path):
+        if UNSAFE_PATH.search(raw_path):
             raise GatewayError(400, "the path contains '..', an encoded '.', '/' or '\\', or a "
                                "control character; LLM API paths never do")
-
-    def _split_headers(self, ex: Exchange, raw: list[tuple[bytes, bytes]]
-                       ) -> tuple[list[tuple[str, str]], str | None, str | None]:
-        """Forwardable headers, plus the Majordomo key, provider and tags taken out of them."""
-        key_value = provider = None
-        forward: list[tuple[str, str]] = []
-        drop: set[bytes] = set()
-        for name, value in raw:
-            if name == b"connection":  # headers it names are hop-by-hop too
-                drop.update(v.strip().lower() for v in value.split(b","))
-        tag_count = 0
-        for name, value in raw:
-            if name.startswith(MAJORDOMO):
-                field = name[len(MAJORDOMO):].decode("latin-1")
-                if field == "key":
-                    key_value = value.decode("latin-1").strip()
-                elif field == "provider":
-                    provider = value.decode("latin-1")
-                elif field != "request-id":
-                    tag_count += 1
-                    if tag_count > self.max_tags or len(value) > self.max_tag_bytes:
-                        raise GatewayError(400, f"too many or too large X-Majordomo-* tags: at "
-                                           f"most {self.max_tags} tags of {self.max_tag_bytes} "
-                                           "bytes each")
-                    ex.tags[field] = value.decode("utf-8", "replace")
-            elif name in HOP_BY_HOP or name in drop:
-                continue
-            elif name == b"accept-encoding":
-                forward.append(("accept-encoding", filter_accept_encoding(value).decode()))
-            else:
-                forward.append((name.decode("latin-1"), value.decode("latin-1")))
-        return forward, key_value, provider
 
     def _take_credentials(self, ex: Exchange, headers: list[tuple[str, str]],
                           key_value: str | None
@@ -221,7 +179,7 @@ class Proxy:
                 caller = True
             kept.append((name, value))
         if ex.upstream.fmt.name == "gemini" and b"key=" in ex.query:
-            keys, rest = _split_query_key(ex.query)
+            keys, rest = split_query_key(ex.query)
             if any(k.startswith(KEY_PREFIX) for k in keys):
                 key_value = key_value or next(k for k in keys if k.startswith(KEY_PREFIX))
                 ex.query = rest
@@ -254,7 +212,7 @@ class Proxy:
             names = self._credential_names(ex)
             headers[:] = [(n, v) for n, v in headers if n not in names]
             if upstream.fmt.name == "gemini" and b"key=" in ex.query:
-                ex.query = _split_query_key(ex.query)[1]
+                ex.query = split_query_key(ex.query)[1]
         headers.append(upstream.fmt.credential_header(stored))
 
     def _authenticate(self, ex: Exchange, presented: str | None) -> None:
@@ -296,9 +254,8 @@ class Proxy:
                        receive: Receive, send: Send) -> None:
         assert ex.upstream is not None and ex.route is not None
         upstream, route = ex.upstream, ex.route
-        target = upstream.base_url + _raw_upstream_path(ex.raw_path, ex.path, route.upstream_path)
-        if ex.query:
-            target += "?" + ex.query.decode("latin-1")
+        target = upstream_url(upstream.base_url, ex.raw_path, ex.path, route.upstream_path,
+                              ex.query)
         task = asyncio.current_task()
         assert task is not None
         watcher = asyncio.ensure_future(receive())
@@ -443,24 +400,6 @@ class Limiter:
 
     def release(self) -> None:
         self.semaphore.release()
-
-
-# "..", encoded ".", "/", "\\" or NUL, and raw control characters.
-_UNSAFE_PATH = re.compile(rb"(^|/)\.\.(/|$)|%2e|%2f|%5c|%00|[\x00-\x1f\x7f]", re.IGNORECASE)
-
-
-def _split_query_key(query: bytes) -> tuple[list[str], bytes]:
-    """Gemini's ?key= values, and the query without them."""
-    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-    keys = [v for k, v in pairs if k == "key"]
-    return keys, urlencode([(k, v) for k, v in pairs if k != "key"]).encode()
-
-
-def _raw_upstream_path(raw_path: bytes, path: str, upstream_path: str) -> str:
-    """The route's upstream path, taken from the bytes the caller sent (percent-escapes kept)."""
-    prefix = path[:len(path) - len(upstream_path)] if path.endswith(upstream_path) else ""
-    raw = raw_path.decode("latin-1")
-    return raw[len(prefix):] if raw.startswith(prefix) and upstream_path else upstream_path
 
 
 def _on_disconnect(watcher: asyncio.Future[dict[str, Any]], ex: Exchange,

@@ -6,6 +6,8 @@ import json
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from steward.streams import JsonArrayScanner, SSEParser
 
@@ -55,3 +57,64 @@ def test_json_array_buffers_only_the_current_element() -> None:
     for _ in range(1000):
         scanner.feed(b'{"k": "' + b"v" * 100 + b'"},')
     assert len(scanner._buf) < 200
+
+
+# -- properties: any bytes, any split ---------------------------------------------------------
+
+PROPERTY = settings(max_examples=300, deadline=None)
+
+
+@st.composite
+def split_bytes(draw: st.DrawFn, data: st.SearchStrategy[bytes]) -> tuple[bytes, list[bytes]]:
+    """Some bytes, and the same bytes cut at arbitrary points."""
+    whole = draw(data)
+    cuts = sorted(draw(st.lists(st.integers(0, len(whole)), max_size=12)))
+    return whole, [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)], strict=True)]
+
+
+# Bytes that look like event streams often enough to reach every branch.
+SSE_ISH = st.lists(st.sampled_from([b"data:", b"data: ", b"event: ", b":", b"\r", b"\n", b"\r\n",
+                                    b"x", b"{}", b"\xff", b" ", b"id: 1"]),
+                   max_size=60).map(b"".join) | st.binary(max_size=300)
+ARRAY_ISH = st.lists(st.sampled_from([b"[", b"]", b"{", b"}", b'"', b"\\", b",", b"x", b"1",
+                                      b"\xff", b" "]), max_size=80).map(b"".join) \
+    | st.binary(max_size=300)
+
+
+@PROPERTY
+@given(split_bytes(SSE_ISH))
+def test_sse_any_bytes_any_split_same_events(case: tuple[bytes, list[bytes]]) -> None:
+    whole, pieces = case
+    parser = SSEParser()
+    events = [event for piece in pieces for event in parser.feed(piece)]
+    assert events == SSEParser().feed(whole)
+    assert all(isinstance(e, bytes) and isinstance(d, bytes) for e, d in events)
+
+
+@PROPERTY
+@given(split_bytes(ARRAY_ISH))
+def test_json_array_any_bytes_any_split_same_elements(case: tuple[bytes, list[bytes]]) -> None:
+    whole, pieces = case
+    scanner = JsonArrayScanner()
+    elements = [e for piece in pieces for e in scanner.feed(piece)]
+    assert elements == JsonArrayScanner().feed(whole)
+    assert all(e[:1] in (b"{", b"[") for e in elements)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                  max_size=4),
+    max_leaves=20)
+OBJECTS = st.lists(st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=4), max_size=6)
+
+
+@PROPERTY
+@given(OBJECTS, st.data())
+def test_json_array_of_objects_yields_each_exactly(objects: list[dict], data: st.DataObject
+                                                   ) -> None:
+    text = json.dumps(objects, ensure_ascii=data.draw(st.booleans()),
+                      indent=data.draw(st.none() | st.integers(0, 2))).encode()
+    _, pieces = data.draw(split_bytes(st.just(text)))
+    scanner = JsonArrayScanner()
+    assert [json.loads(e) for piece in pieces for e in scanner.feed(piece)] == objects

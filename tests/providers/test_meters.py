@@ -7,12 +7,14 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from steward.providers import FORMATS
 from steward.providers.base import DecodingMeter, Route
-from steward.usage import Usage
+from steward.usage import Reading, Usage
 from tests.support.fake_upstream import FakeUpstream
-from tests.test_streams import splits
+from tests.test_streams import split_bytes, splits
 
 fake = FakeUpstream()
 CHAT = Usage(25, 12, 5, 0, None, None, 4, None)
@@ -112,3 +114,61 @@ def test_error_shapes() -> None:
         "type": "error", "error": {"type": "request_too_large", "message": "m"}}
     assert json.loads(FORMATS["gemini"].error_body(404, "m")) == {
         "error": {"code": 404, "message": "m", "status": "NOT_FOUND"}}
+
+
+# -- properties: a response cut anywhere, in any split ---------------------------------------
+
+def read(fmt: str, route: Route, content_type: str, pieces: list[bytes], status: int = 200
+         ) -> Reading:
+    meter = FORMATS[fmt].meter(route, status, content_type)
+    for piece in pieces:
+        meter.feed(piece)
+    return meter.finish()
+
+
+def complete_events(body: bytes, content_type: str) -> list[int]:
+    """Where each complete event (an SSE event, an array element, the whole JSON) ends."""
+    if content_type == "text/event-stream":
+        ends, at = [], body.find(b"\n\n")
+        while at >= 0:
+            ends.append(at + 2)
+            at = body.find(b"\n\n", at + 2)
+        return ends
+    if body[:1] == b"[":
+        return [i + 1 for i in range(len(body))
+                if body[i:i + 3] == b"},\r" or body[i:i + 2] == b"}]"] + [len(body)]
+    return [len(body)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(CASES), st.data())
+def test_a_cut_response_records_what_the_last_complete_event_said(case: tuple,
+                                                                  data: st.DataObject) -> None:
+    fmt, route, content_type, body, usage, model = case
+    cut = data.draw(st.integers(0, len(body)))
+    _, pieces = data.draw(split_bytes(st.just(body[:cut])))
+    reading = read(fmt, route, content_type, pieces)
+    assert reading == read(fmt, route, content_type, [body[:cut]])  # the split never matters
+    # Providers report running counts (Anthropic's message_start, every Gemini chunk): what a
+    # cut response records is what the last complete event said, or nothing; never a guess.
+    seen = [read(fmt, route, content_type, [body[:end]]).usage
+            for end in complete_events(body, content_type) if end <= cut]
+    assert reading.usage == (seen[-1] if seen else Usage())
+    assert read(fmt, route, content_type, [body]).usage == usage
+    assert reading.response_model in (None, model)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(FORMATS)), st.sampled_from(["text/event-stream",
+                                                          "application/json", ""]),
+       st.sampled_from([200, 400, 500]), st.sampled_from(["streamGenerateContent", "x"]),
+       split_bytes(st.binary(max_size=400)))
+def test_any_bytes_never_raise_and_never_invent_counts(fmt: str, content_type: str,
+                                                       status: int, endpoint: str,
+                                                       case: tuple[bytes, list[bytes]]) -> None:
+    _, pieces = case
+    reading = read(fmt, Route(endpoint, "/x"), content_type, pieces, status)
+    for value in reading.usage.as_dict().values():
+        assert value is None or (isinstance(value, int) and not isinstance(value, bool))
+    if status != 200:
+        assert reading.error is not None and reading.usage == Usage()

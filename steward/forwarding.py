@@ -1,0 +1,97 @@
+"""What of a caller's request goes upstream: its headers minus Steward's own and hop-by-hop
+ones, and its path and query under a configured base URL, never a host of the caller's choosing.
+
+Pure functions over bytes, so the properties the proxy promises are tested on any input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode
+
+from .errors import GatewayError
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+    b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length",
+    b"expect", b"proxy-connection",
+})
+MAJORDOMO = b"x-majordomo-"
+DECODABLE = {"gzip", "deflate", "identity"}
+
+# "..", encoded ".", "/", "\\" or NUL, and raw control characters.
+UNSAFE_PATH = re.compile(rb"(^|/)\.\.(/|$)|%2e|%2f|%5c|%00|[\x00-\x1f\x7f]", re.IGNORECASE)
+
+
+@dataclass(slots=True)
+class SplitHeaders:
+    """The request's headers, sorted into what is forwarded and what is Steward's."""
+
+    forward: list[tuple[str, str]] = field(default_factory=list)
+    key: str | None = None
+    provider: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def filter_accept_encoding(value: bytes) -> bytes:
+    """Keep only codings Steward can read for accounting (gzip, deflate); the caller's client
+    can decode every coding it offered, so narrowing the offer is safe."""
+    kept = [part for part in value.split(b",")
+            if part.split(b";")[0].strip().decode("latin-1").lower() in DECODABLE]
+    return b",".join(kept).strip() or b"identity"
+
+
+def split_headers(raw: list[tuple[bytes, bytes]], max_tags: int, max_tag_bytes: int
+                  ) -> SplitHeaders:
+    """Header names arrive lower-cased (ASGI). X-Majordomo-* never goes upstream."""
+    out = SplitHeaders()
+    drop: set[bytes] = set()
+    for name, value in raw:
+        if name == b"connection":  # headers it names are hop-by-hop too
+            drop.update(v.strip().lower() for v in value.split(b","))
+    for name, value in raw:
+        if name.startswith(MAJORDOMO):
+            tag = name[len(MAJORDOMO):].decode("latin-1")
+            if tag == "key":
+                out.key = value.decode("latin-1").strip()
+            elif tag == "provider":
+                out.provider = value.decode("latin-1")
+            elif tag != "request-id":
+                new = tag not in out.tags
+                if (new and len(out.tags) >= max_tags) or len(value) > max_tag_bytes:
+                    raise GatewayError(400, f"too many or too large X-Majordomo-* tags: at "
+                                       f"most {max_tags} tags of {max_tag_bytes} bytes each "
+                                       "(limits.max_tags, limits.max_tag_bytes)")
+                out.tags[tag] = value.decode("utf-8", "replace")
+        elif name in HOP_BY_HOP or name in drop:
+            continue
+        elif name == b"accept-encoding":
+            out.forward.append(("accept-encoding", filter_accept_encoding(value).decode()))
+        else:
+            out.forward.append((name.decode("latin-1"), value.decode("latin-1")))
+    return out
+
+
+def split_query_key(query: bytes) -> tuple[list[str], bytes]:
+    """Gemini's ?key= values, and the query without them."""
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    keys = [v for k, v in pairs if k == "key"]
+    return keys, urlencode([(k, v) for k, v in pairs if k != "key"]).encode()
+
+
+def raw_upstream_path(raw_path: bytes, path: str, upstream_path: str) -> str:
+    """The route's upstream path, taken from the bytes the caller sent (percent-escapes kept)."""
+    prefix = path[:len(path) - len(upstream_path)] if path.endswith(upstream_path) else ""
+    raw = raw_path.decode("latin-1")
+    return raw[len(prefix):] if raw.startswith(prefix) and upstream_path else upstream_path
+
+
+def upstream_url(base_url: str, raw_path: bytes, path: str, upstream_path: str,
+                 query: bytes) -> str:
+    """The configured base URL plus the caller's path and query: the host is the base's."""
+    tail = raw_upstream_path(raw_path, path, upstream_path)
+    if not tail.startswith("/"):
+        tail = "/" + tail  # so nothing the caller sends can extend the base URL's authority
+    target = base_url + tail
+    return target + "?" + query.decode("latin-1") if query else target

@@ -1,0 +1,121 @@
+"""Properties of what goes upstream, for any headers and any path a caller can send."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes, urlsplit
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from yarl import URL
+
+from steward.config import ProviderConfig
+from steward.errors import GatewayError
+from steward.forwarding import (
+    HOP_BY_HOP,
+    MAJORDOMO,
+    filter_accept_encoding,
+    split_headers,
+    upstream_url,
+)
+from steward.routing import Router
+
+PROPERTY = settings(max_examples=500, deadline=None)
+PROVIDERS = {
+    "openai": ProviderConfig(format="openai", base_url="https://api.openai.com/v1"),
+    "anthropic": ProviderConfig(format="anthropic", base_url="https://api.anthropic.com"),
+    "gemini": ProviderConfig(format="gemini",
+                             base_url="https://generativelanguage.googleapis.com"),
+    "local": ProviderConfig(format="openai", base_url="http://127.0.0.1:8001"),
+}
+ROUTER = Router(PROVIDERS)
+
+TOKEN = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=12)
+HEADER_NAME = (st.sampled_from(sorted(HOP_BY_HOP)).map(bytes.decode)
+               | TOKEN.map(lambda t: MAJORDOMO.decode() + t)
+               | st.sampled_from(["x-majordomo-key", "x-majordomo-provider", "authorization",
+                                  "accept-encoding", "content-type", "x-foo"])
+               | TOKEN).map(str.encode)
+HEADER_VALUE = st.binary(max_size=40).map(lambda v: v.replace(b"\r", b"").replace(b"\n", b""))
+HEADERS = st.lists(st.tuples(HEADER_NAME, HEADER_VALUE), max_size=25)
+
+
+def connection_named(headers: list[tuple[bytes, bytes]]) -> set[str]:
+    return {v.strip().lower().decode("latin-1") for n, val in headers if n == b"connection"
+            for v in val.split(b",")}
+
+
+@PROPERTY
+@given(HEADERS, st.integers(0, 40), st.integers(1, 64))
+def test_no_majordomo_or_hop_by_hop_header_is_ever_forwarded(
+        headers: list[tuple[bytes, bytes]], max_tags: int, max_tag_bytes: int) -> None:
+    try:
+        split = split_headers(headers, max_tags, max_tag_bytes)
+    except GatewayError as err:  # only the tag limits refuse, and they say so
+        assert err.status == 400 and "limits.max_tags" in err.message
+        tags = {n for n, _ in headers
+                if n.startswith(MAJORDOMO) and n not in (b"x-majordomo-key",
+                                                         b"x-majordomo-provider",
+                                                         b"x-majordomo-request-id")}
+        assert len(tags) > max_tags or any(
+            len(v) > max_tag_bytes for n, v in headers if n in tags)
+        return
+    hop = {h.decode() for h in HOP_BY_HOP} | connection_named(headers)
+    for name, _ in split.forward:
+        assert not name.startswith("x-majordomo-")
+        assert name not in hop
+    # Everything else passes, in order, byte for byte (accept-encoding only narrowed).
+    expected = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers
+                if not n.startswith(MAJORDOMO) and n.decode("latin-1") not in hop]
+    assert [n for n, _ in split.forward] == [n for n, _ in expected]
+    assert [v for n, v in split.forward if n != "accept-encoding"] == [
+        v for n, v in expected if n != "accept-encoding"]
+    assert len(split.tags) <= max_tags
+
+
+@given(st.binary(max_size=60))
+def test_accept_encoding_offers_only_what_steward_decodes(value: bytes) -> None:
+    for part in filter_accept_encoding(value).split(b","):
+        assert part.split(b";")[0].strip().lower() in (b"gzip", b"deflate", b"identity")
+
+
+PATH_CHARS = "/abcv1:.%@?#\\;=&+ ~-_2eEfF0"
+RAW_PATHS = st.one_of(
+    st.text(PATH_CHARS, max_size=40).map(lambda p: ("/" + p).encode()),
+    st.sampled_from(["/v1/chat/completions", "/v1/messages", "/v1beta/models/g:generateContent",
+                     "//evil.example/v1/chat/completions", "/@evil.example/x",
+                     "/v1/models/a%2F..%2F:generateContent"]).map(str.encode),
+    st.binary(max_size=40).map(lambda p: b"/" + p))
+PROVIDER_HEADER = st.none() | st.sampled_from(["openai", " Gemini ", "LOCAL", "evil.example",
+                                               "http://evil.example", "anthropic"]) | TOKEN
+
+
+@PROPERTY
+@given(st.sampled_from(["GET", "POST", "DELETE"]), RAW_PATHS, PROVIDER_HEADER,
+       st.binary(max_size=30).filter(lambda q: b"#" not in q))
+def test_no_request_steers_the_upstream_host(method: str, raw_path: bytes, provider: str | None,
+                                             query: bytes) -> None:
+    path = unquote_to_bytes(raw_path).decode("latin-1")  # what the ASGI server hands over
+    try:
+        upstream, route = ROUTER.resolve(method, path, provider)
+    except GatewayError as err:
+        assert err.status in (400, 404)
+        return
+    assert upstream in ROUTER.upstreams.values()
+    if provider is not None:
+        assert upstream.name == provider.strip().lower()
+    target = upstream_url(upstream.base_url, raw_path, path, route.upstream_path, query)
+    base = urlsplit(upstream.base_url)
+    assert target.startswith(upstream.base_url + "/")
+    sent = URL(target, encoded=True)  # how the upstream client reads it
+    assert (sent.scheme, sent.host, sent.port) == (base.scheme, base.hostname,
+                                                   base.port or {"https": 443, "http": 80}[
+                                                       base.scheme])
+
+
+@pytest.mark.parametrize("raw", [b"/v1/chat/completions", b"/v1/x%2Fy"])
+def test_percent_escapes_reach_the_upstream_as_sent(raw: bytes) -> None:
+    path = unquote_to_bytes(raw).decode()
+    upstream, route = ROUTER.resolve("POST", path, "openai")
+    target = upstream_url(upstream.base_url, raw, path, route.upstream_path, b"")
+    assert target == "https://api.openai.com/v1" + raw.decode()[3:]
