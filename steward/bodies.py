@@ -4,6 +4,8 @@ The request path hands a Capture to BodyWriter.submit() after the caller has its
 Workers build the gzipped JSON document and upload it in threads, retrying with backoff.
 What cannot be uploaded now (bucket down, queue full, shutting down) is spilled to
 <home>/pending-bodies/ (temp file, fsync, rename) and uploaded later, also after a restart.
+If that disk refuses too (full, read-only), the document waits in memory, within the queue's
+byte budget, until the bucket or the disk takes it.
 """
 
 from __future__ import annotations
@@ -141,7 +143,11 @@ class BodyWriter:
         self.uploaded = 0
         self.spilled = 0
         self.failures = 0
+        self.lost = 0
+        self.failing = False  # the last attempt to store a body failed
         self.last_error: str | None = None
+        self.held: list[tuple[str, bytes]] = []  # neither uploaded nor on disk yet
+        self.held_bytes = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._wake_drain = asyncio.Event()
         self._stopping = False
@@ -156,8 +162,10 @@ class BodyWriter:
 
     async def submit(self, capture: Capture) -> None:
         """Queue a body; over the memory budget, spill it to disk first (in a thread)."""
-        if self.queued_bytes + capture.size > self.queue_bytes:
-            await asyncio.to_thread(self._spill_capture, capture)
+        if self.queued_bytes + self.held_bytes + capture.size > self.queue_bytes:
+            data, stored = await asyncio.to_thread(self._spill_capture, capture)
+            if not stored:
+                await self._keep(capture.key, data)
             return
         self.queued_bytes += capture.size
         self.queue.put_nowait(capture)
@@ -173,6 +181,10 @@ class BodyWriter:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.held and await self._retry_held():
+            self.lost += len(self.held)
+            log.error("LOST %d BODIES at shutdown: neither the bucket nor %s took them (%s)",
+                      len(self.held), self.pending_dir, self.last_error)
 
     def pending(self) -> int:
         return sum(1 for _ in self.pending_dir.glob(f"*{PENDING_SUFFIX}"))
@@ -196,55 +208,92 @@ class BodyWriter:
             # Shutting down: no more tries, straight to disk, so the drain meets its deadline.
             if self._stopping or not await self._upload(capture.key, data,
                                                         attempts=self.attempts - 1):
-                await asyncio.to_thread(self._spill, capture.key, data)
+                await self._keep(capture.key, data)
 
     async def _upload(self, key: str, data: bytes, attempts: int | None = None,
                       quiet: bool = False) -> bool:
         for attempt in range(attempts or self.attempts):
-            try:
-                await asyncio.to_thread(self.store.put, key, data)
-                self.uploaded += 1
+            if await asyncio.to_thread(self._put, key, data):
                 return True
-            except Exception as exc:  # SDKs raise many types; every one means "not stored"
-                self.failures += 1
-                self.last_error = f"{exc.__class__.__name__}: {exc}"[:500]
-                if attempt + 1 < (attempts or self.attempts):
-                    await asyncio.sleep(random.uniform(0, min(30.0, 0.2 * 2 ** attempt)))
+            if attempt + 1 < (attempts or self.attempts):
+                await asyncio.sleep(random.uniform(0, min(30.0, 0.2 * 2 ** attempt)))
         if not quiet:
             log.warning("body %s not uploaded yet (%s); keeping it in %s", key,
                         self.last_error, self.pending_dir)
         return False
 
-    def _build_and_put(self, capture: Capture) -> tuple[bytes, bool]:
-        data = build_document(capture)
+    def _put(self, key: str, data: bytes) -> bool:
+        """One upload attempt (in a worker thread); the outcome also says if storage is up."""
         try:
-            self.store.put(capture.key, data)
+            self.store.put(key, data)
         except Exception as exc:  # SDKs raise many types; every one means "not stored"
             self.failures += 1
+            self.failing = True
             self.last_error = f"{exc.__class__.__name__}: {exc}"[:500]
-            return data, False
+            return False
         self.uploaded += 1
-        return data, True
+        self.failing = False
+        return True
 
-    def _spill_capture(self, capture: Capture) -> None:
-        self._spill(capture.key, build_document(capture))
+    def _build_and_put(self, capture: Capture) -> tuple[bytes, bool]:
+        data = build_document(capture)
+        return data, self._put(capture.key, data)
 
-    def _spill(self, key: str, data: bytes) -> None:
-        """Atomically to local disk; a disk failure is loud, and the request still succeeded."""
+    def _spill_capture(self, capture: Capture) -> tuple[bytes, bool]:
+        data = build_document(capture)
+        return data, self._spill(capture.key, data)
+
+    def _spill(self, key: str, data: bytes) -> bool:
+        """Atomically to local disk (in a worker thread); False if the disk refused it."""
         try:
             write_atomic(self.pending_dir / key.replace("/", "__"), data)
-            self.spilled += 1
-            self._wake_drain.set()
         except OSError as exc:
             self.last_error = f"local disk: {exc}"
-            log.error("LOST BODY %s: could not write it to %s either: %s", key,
-                      self.pending_dir, exc)
+            return False
+        self.spilled += 1
+        self._wake_drain.set()
+        return True
+
+    async def _keep(self, key: str, data: bytes) -> None:
+        """To disk; if the disk refuses, into memory (loudly) for the drain loop to retry.
+        The request has succeeded either way."""
+        if await asyncio.to_thread(self._spill, key, data):
+            return
+        if self.held_bytes + self.queued_bytes + len(data) > self.queue_bytes:
+            self.lost += 1
+            log.error("LOST BODY %s: the bucket and %s both refuse it (%s) and %d bodies "
+                      "already wait in memory", key, self.pending_dir, self.last_error,
+                      len(self.held))
+            return
+        if not self.held:
+            log.error("cannot write bodies to %s (%s): keeping them in memory (within "
+                      "bodies.queue_bytes) until the bucket or the disk takes them",
+                      self.pending_dir, self.last_error)
+        self.held.append((key, data))
+        self.held_bytes += len(data)
+
+    async def _retry_held(self) -> bool:
+        """Bodies held in memory: to the bucket if it answers, else to disk. True if any left."""
+        while self.held:
+            key, data = self.held[0]
+            if (not await self._upload(key, data, attempts=1, quiet=True)
+                    and not await asyncio.to_thread(self._spill, key, data)):
+                return True
+            self.held.pop(0)
+            self.held_bytes -= len(data)
+            if not self.held:
+                log.warning("bodies held in memory are all stored again")
+        return False
 
     async def _drain_pending(self) -> None:
         """Upload spilled bodies, oldest first, whenever the bucket answers again."""
         delay = 1.0
         while True:
-            names = sorted(p.name for p in self.pending_dir.glob(f"*{PENDING_SUFFIX}"))
+            held = await self._retry_held()
+            try:
+                names = sorted(p.name for p in self.pending_dir.glob(f"*{PENDING_SUFFIX}"))
+            except OSError:
+                names = []
             progressed = False
             for name in names:
                 path = self.pending_dir / name
@@ -257,7 +306,7 @@ class BodyWriter:
                     break
                 await asyncio.to_thread(path.unlink, True)
                 progressed = True
-            delay = 1.0 if progressed or not names else min(delay * 2, 30.0)
+            delay = 1.0 if progressed or held or not names else min(delay * 2, 30.0)
             self._wake_drain.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_drain.wait(), delay)
@@ -265,7 +314,9 @@ class BodyWriter:
     def status(self) -> dict[str, Any]:
         return {"queued": self.queue.qsize(), "queued_bytes": self.queued_bytes,
                 "pending": self.pending(), "uploaded": self.uploaded, "spilled": self.spilled,
-                "failures": self.failures, "last_error": self.last_error,
+                "failures": self.failures, "failing": self.failing,
+                "last_error": self.last_error,
+                "held": len(self.held), "held_bytes": self.held_bytes, "lost": self.lost,
                 "updated_at": time.time()}
 
     def write_status(self, home: Path) -> None:

@@ -83,7 +83,8 @@ class Gateway:
         self.proxy = Proxy(self.router, self.keys, self.credentials, self.sessions, self.spool,
                            self._pricer, self.bodies, self.metrics, limits)
         self._tasks = [asyncio.create_task(self._keep_keys_fresh()),
-                       asyncio.create_task(self.spool.run_fsync())]
+                       asyncio.create_task(self.spool.run_fsync()),
+                       asyncio.create_task(self.spool.run_retry())]
         self._tasks.append(asyncio.create_task(self._tell_systemd()))
         if self.config.pricing.refresh_interval > 0:
             self._tasks.append(asyncio.create_task(self._refresh_prices()))
@@ -141,21 +142,33 @@ class Gateway:
         if self._db is None:
             return
         used = self.keys.take_last_used()
-        if used:
-            gateway_keys.record_last_used(self._db, used.items())
         provider_used = self.credentials.take_last_used()
-        if provider_used:
-            provider_keys.record_last_used(self._db, provider_used.items())
+        try:
+            if used:
+                gateway_keys.record_last_used(self._db, used.items())
+            if provider_used:
+                provider_keys.record_last_used(self._db, provider_used.items())
+        except sqlite3.Error:  # e.g. a full disk: keep the times for the next try
+            for key_id, at in used.items():
+                self.keys.last_used[key_id] = max(at, self.keys.last_used.get(key_id, at))
+            for ref, at in provider_used.items():
+                self.credentials.last_used[ref] = max(at, self.credentials.last_used.get(ref, at))
+            raise
 
     def gauges(self) -> dict[str, float]:
         bodies = self.bodies.status() if self.bodies else {}
         upload = self.uploader.status if self.uploader else {}
+        spool = self.spool.status()
         return {"requests_served": self.proxy.served if self.proxy else 0,
                 "body_queue_depth": bodies.get("queued", 0),
                 "body_queue_bytes": bodies.get("queued_bytes", 0),
                 "bodies_pending_on_disk": bodies.get("pending", 0),
                 "body_upload_failures": bodies.get("failures", 0),
                 "spool_write_errors": self.spool.errors,
+                "spool_held_records": spool["held_records"],
+                "spool_records_lost": self.spool.lost,
+                "bodies_held_in_memory": bodies.get("held", 0),
+                "bodies_lost": bodies.get("lost", 0),
                 "spool_backlog_bytes": upload.get("backlog_bytes", 0),
                 "metadata_upload_failures": upload.get("failures", 0)}
 
@@ -164,14 +177,15 @@ class Gateway:
         bodies = self.bodies.status() if self.bodies else {"enabled": False}
         upload = dict(self.uploader.status) if self.uploader else {"enabled": False}
         degraded = []
-        if bodies.get("pending") or (bodies.get("failures") and bodies.get("last_error")):
+        spool = self.spool.status()
+        if bodies.get("pending") or bodies.get("held") or bodies.get("failing"):
             degraded.append("body storage")
         if upload.get("last_error"):
             degraded.append("metadata upload")
-        if self.spool.errors:
+        if spool["held_records"]:
             degraded.append("metadata spool")
         return self.ready, {"ready": self.ready, "degraded": degraded, "bodies": bodies,
-                            "upload": upload, "spool_write_errors": self.spool.errors}
+                            "upload": upload, "spool": spool}
 
     async def _tell_systemd(self) -> None:
         """WATCHDOG=1 at half of $WATCHDOG_USEC, and a STATUS= line systemctl shows."""
@@ -245,8 +259,11 @@ class Gateway:
             await asyncio.sleep(KEY_REFRESH_SECONDS)
             try:
                 await asyncio.to_thread(self._flush_last_used)
+            except sqlite3.Error as exc:
+                log.warning("could not record when keys were last used (will retry): %s", exc)
+            try:
                 await asyncio.to_thread(self._refresh_keys)
-                if self.bodies is not None:
-                    await asyncio.to_thread(self.bodies.write_status, self.config.home)
             except (sqlite3.Error, StewardError) as exc:
                 log.error("could not refresh keys from the database: %s", exc)
+            if self.bodies is not None:
+                await asyncio.to_thread(self.bodies.write_status, self.config.home)

@@ -1,13 +1,18 @@
 """The local metadata spool: append-only NDJSON segments, one write() per record.
 
 Each process writes its own segment files (several Hypercorn workers never share one), so a
-record is one whole line even without locks.
+record is one whole line even without locks. When the disk refuses a write (full, read-only,
+failing), records wait in memory, in order, and a background task writes them as soon as it
+can: requests go on, and nothing is lost unless the memory budget runs out too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import calendar
+import collections
+import errno
+import itertools
 import json
 import logging
 import os
@@ -19,6 +24,9 @@ from typing import Any
 log = logging.getLogger("steward.spool")
 
 SEGMENT_SUFFIX = ".ndjson"
+MAX_HELD_BYTES = 64 * 1024**2  # records kept in memory while the disk refuses them
+RETRY_SECONDS = 1.0
+RETRY_BATCH_BYTES = 1024**2  # one write() per batch of held records, then yield the loop
 
 
 class Spool:
@@ -30,6 +38,11 @@ class Spool:
         self.max_segment_age = max_segment_age
         self.errors = 0
         self.records = 0
+        self.lost = 0
+        self.last_error: str | None = None
+        self.failing_since: float | None = None
+        self._held: collections.deque[bytes] = collections.deque()
+        self._held_bytes = 0
         self._fd = -1
         self._opened_at = 0.0
         self._size = 0
@@ -57,32 +70,123 @@ class Spool:
         if self.path is not None:
             _OPEN_HERE.discard(self.path.name)
         if fd >= 0:
-            if self.fsync_interval is not None:
-                os.fsync(fd)
-            os.close(fd)
+            try:
+                if self.fsync_interval is not None:
+                    os.fsync(fd)
+            except OSError as exc:
+                log.error("fsync of spool segment %s failed: %s", self.path, exc)
+            finally:
+                os.close(fd)
 
-    def write(self, record: dict[str, Any]) -> bool:
-        """Append one record as one line with one write(); False (and a loud log) on failure."""
-        line = (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+    def _write_line(self, data: bytes) -> None:
+        """One write() of whole lines; on failure the segment is left holding whole lines."""
+        self._rotate_if_due()
         try:
-            self._rotate_if_due()
-            written = os.write(self._fd, line)
-            if written != len(line):
-                raise OSError(f"short write ({written} of {len(line)} bytes)")
+            written = os.write(self._fd, data)
         except OSError as exc:
-            self.errors += 1
-            log.error("could not write metadata record %s to the spool: %s", record.get("id"), exc)
-            return False
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                self._close_segment()  # EIO, EROFS, a lost fd: start afresh on the next try
+            raise
+        if written != len(data):  # a torn line (the disk filled mid-write): cut it off
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                self._close_segment()  # a dead writer's torn tail is skipped by the uploader
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (wrote {written} of "
+                          f"{len(data)} bytes; the partial line was cut off)")
         self._size += written
         self._dirty = True
-        self.records += 1
+
+    def write(self, record: dict[str, Any]) -> bool:
+        """Append one record as one line with one write(); True when it reached the file.
+
+        When it could not, the record waits in memory for run_retry(), in order."""
+        line = (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        if not self._held:
+            try:
+                self._write_line(line)
+                self.records += 1
+                return True
+            except OSError as exc:
+                self._failed(exc)
+        self._hold(line, record.get("id"))
+        return False
+
+    def _failed(self, exc: OSError) -> None:
+        self.errors += 1
+        self.last_error = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        if self.failing_since is None:
+            self.failing_since = time.time()
+            log.error("cannot write to the metadata spool in %s (%s): keeping records in "
+                      "memory (up to %d MiB) and retrying every %gs", self.directory,
+                      self.last_error, MAX_HELD_BYTES // 1024**2, RETRY_SECONDS)
+
+    def _hold(self, line: bytes, record_id: Any) -> None:
+        if self._held_bytes + len(line) > MAX_HELD_BYTES:
+            self.lost += 1
+            log.error("LOST metadata record %s: the spool in %s is still unwritable (%s) and "
+                      "%d records already wait in memory", record_id, self.directory,
+                      self.last_error, len(self._held))
+            return
+        self._held.append(line)
+        self._held_bytes += len(line)
+
+    def _write_held_batch(self) -> bool:
+        """Write the oldest held records (up to RETRY_BATCH_BYTES) with one write()."""
+        batch, size = 0, 0
+        for line in self._held:
+            if batch and size + len(line) > RETRY_BATCH_BYTES:
+                break
+            batch += 1
+            size += len(line)
+        try:
+            self._write_line(b"".join(itertools.islice(self._held, batch)))
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        for _ in range(batch):
+            self._held.popleft()
+        self._held_bytes -= size
+        self.records += batch
         return True
+
+    def _recovered(self) -> None:
+        if self.failing_since is not None and not self._held:
+            log.warning("the metadata spool in %s is writable again after %.0fs; every held "
+                        "record is written", self.directory, time.time() - self.failing_since)
+            self.failing_since = None
+
+    def retry(self) -> bool:
+        """Write every held record, oldest first; True once none are left."""
+        while self._held:
+            if not self._write_held_batch():
+                return False
+        self._recovered()
+        return True
+
+    async def run_retry(self) -> None:
+        """Background task: writes held records as soon as the disk takes them again,
+        a batch at a time so a long backlog never holds the event loop."""
+        while True:
+            await asyncio.sleep(RETRY_SECONDS)
+            while self._held and self._write_held_batch():
+                await asyncio.sleep(0)
+            self._recovered()
 
     async def append(self, record: dict[str, Any]) -> bool:
         ok = self.write(record)
         if ok and self.fsync_interval == 0:
-            await self.sync()
+            try:
+                await self.sync()
+            except OSError as exc:
+                self._failed(exc)
         return ok
+
+    def status(self) -> dict[str, Any]:
+        return {"records": self.records, "write_errors": self.errors,
+                "held_records": len(self._held), "held_bytes": self._held_bytes,
+                "lost_records": self.lost, "last_error": self.last_error,
+                "failing_since": self.failing_since}
 
     async def sync(self) -> None:
         if self._dirty and self._fd >= 0:
@@ -101,6 +205,16 @@ class Spool:
                 log.error("fsync of the metadata spool failed: %s", exc)
 
     def close(self) -> None:
+        """At exit, held records get a last try; failing that they go to the log, whole, as
+        the only copy left (they hold counts and tags, never prompt text)."""
+        if self._held and not self.retry():
+            log.error("LOST %d metadata records at shutdown: the spool in %s is unwritable "
+                      "(%s); they follow, one per line, for recovery by hand",
+                      len(self._held), self.directory, self.last_error)
+            for line in self._held:
+                log.error("unspooled record: %s", line.decode().rstrip())
+            self.lost += len(self._held)
+            self._held.clear()
         self._close_segment()
 
 

@@ -153,19 +153,32 @@ class Uploader:
 
     async def run(self) -> None:
         """Upload while holding the lock; another worker takes over if this one dies."""
-        while not await asyncio.to_thread(self._try_lock):
-            self.idle.set()
-            await self._sleep(self.interval)
         try:
+            while not await self._locked():
+                self.idle.set()
+                await self._sleep(self.interval)
             while True:
-                delay = await self.step()
-                if delay is None:
-                    self.idle.set()
-                    await asyncio.to_thread(self.cleanup)
+                try:
+                    delay = await self.step()
+                    if delay is None:
+                        self.idle.set()
+                        await asyncio.to_thread(self.cleanup)
+                        delay = self.interval
+                except OSError as exc:  # the spool's disk: full, read-only, failing
+                    log.error("metadata upload paused: cannot use the spool in %s (%s); "
+                              "retrying in %gs", self.directory, exc, self.interval)
+                    self._record_status(ok=False, status=None, error=f"spool: {exc}")
                     delay = self.interval
                 await self._sleep(delay)
         finally:
             await self.client.aclose()
+
+    async def _locked(self) -> bool:
+        try:
+            return await asyncio.to_thread(self._try_lock)
+        except OSError as exc:
+            log.error("cannot take the uploader lock in %s (%s); retrying", self.directory, exc)
+            return False
 
     async def _sleep(self, seconds: float) -> None:
         self.wake.clear()

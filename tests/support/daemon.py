@@ -64,6 +64,7 @@ class Daemon:
     executable: str = STEWARD
     notifications: list[str] = field(default_factory=list)
     warm_log_offset: int = 0
+    log_file: Path | None = None  # default: <home>/daemon.log
     notify: socket.socket = field(init=False, repr=False)
     _notify_dir: str = field(init=False, repr=False, default="")
 
@@ -77,7 +78,7 @@ class Daemon:
 
     @property
     def log_path(self) -> Path:
-        return self.home / "daemon.log"
+        return self.log_file or self.home / "daemon.log"
 
     def start(self, timeout: float = 30.0) -> Daemon:
         """Start and wait for READY=1 on a notify socket that stays open until stop()."""
