@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import gzip
+import io
 import json
 import logging
 import random
@@ -36,6 +37,7 @@ SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "x-goog-a
 PENDING_DIR = "pending-bodies"
 BODIES_STATUS = "bodies-status.json"  # written by the gateway for `steward bucket status`
 PENDING_SUFFIX = ".json.gz"
+LARGE_BODY = 4 * 1024 * 1024
 
 
 @dataclass
@@ -45,7 +47,7 @@ class Capture:
     key: str
     meta: dict[str, Any]
     request_headers: list[tuple[bytes, bytes]]
-    request_body: bytes
+    request_body: bytes | bytearray
     query: bytes
     response_status: int | None = None
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -76,20 +78,29 @@ def redact_query(query: bytes) -> str:
     return urlencode([(k, REDACTED if k == "key" else v) for k, v in pairs])
 
 
-def encode_body(data: bytes, content_type: str, streamed: bool) -> dict[str, Any]:
-    """JSON as JSON; a stream as the exact text the caller got; text as text; else base64."""
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # NaN/Infinity: Python reads them, others don't
+
+
+def encode_body(data: bytes | bytearray, content_type: str, streamed: bool
+                ) -> tuple[bytes | bytearray, str]:
+    """The body as JSON text for the document, and how it is encoded there.
+
+    A JSON body goes in as the very bytes that passed (checked once, never re-serialised); a
+    stream as the exact text the caller got; other text as a string; anything else base64."""
     if not data:
-        return {"body": None, "body_encoding": "empty"}
+        return b"null", "empty"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return json.dumps(base64.b64encode(data).decode()).encode(), "base64"
     if "json" in content_type and not streamed:
         try:
-            return {"body": json.loads(data), "body_encoding": "json"}
-        except (ValueError, UnicodeDecodeError):
+            json.loads(text, parse_constant=_reject_constant)
+            return data, "json"
+        except ValueError:
             pass
-    try:
-        return {"body": data.decode("utf-8"),
-                "body_encoding": "sse" if streamed else "text"}
-    except UnicodeDecodeError:
-        return {"body": base64.b64encode(data).decode(), "body_encoding": "base64"}
+    return json.dumps(text, ensure_ascii=False).encode(), "sse" if streamed else "text"
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
@@ -104,30 +115,39 @@ def _decoded(data: bytes, encoding: str) -> bytes:
     return data
 
 
+def _with_body(fields: dict[str, Any], data: bytes | bytearray, content_type: str,
+               streamed: bool) -> list[bytes | bytearray]:
+    """fields as a JSON object with "body" and "body_encoding" added, as pieces to write."""
+    body, encoding = encode_body(data, content_type, streamed)
+    head = json.dumps({**fields, "body_encoding": encoding}, ensure_ascii=False).encode()
+    return [head[:-1], b', "body": ', body, b"}"]
+
+
 def build_document(capture: Capture) -> bytes:
-    """The gzipped JSON object (CPU-heavy for big bodies: runs in a worker thread)."""
+    """The gzipped JSON object (CPU-heavy for big bodies: runs in a worker thread).
+
+    Written piece by piece into the compressor, so a large body is never copied into one big
+    document string first."""
     response_body = b"".join(capture.response_chunks)
     response_type = _header(capture.response_headers, b"content-type")
     encoding = _header(capture.response_headers, b"content-encoding").strip().lower()
-    document = {
-        "schema": SCHEMA_VERSION,
-        **capture.meta,
-        "request": {
-            "method": capture.meta.get("method"), "path": capture.meta.get("path"),
-            "query": redact_query(capture.query),
-            "headers": redact_headers(capture.request_headers),
-            **encode_body(capture.request_body,
-                          _header(capture.request_headers, b"content-type"), False),
-        },
-        "response": {
-            "status": capture.response_status,
-            "headers": redact_headers(capture.response_headers),
-            **encode_body(_decoded(response_body, encoding), response_type,
-                          response_type.startswith("text/event-stream")
-                          or capture.meta.get("stream", False)),
-        },
-    }
-    return gzip.compress(json.dumps(document, ensure_ascii=False).encode(), 6)
+    meta = json.dumps({"schema": SCHEMA_VERSION, **capture.meta}, ensure_ascii=False).encode()
+    request = _with_body(
+        {"method": capture.meta.get("method"), "path": capture.meta.get("path"),
+         "query": redact_query(capture.query),
+         "headers": redact_headers(capture.request_headers)},
+        capture.request_body, _header(capture.request_headers, b"content-type"), False)
+    response = _with_body(
+        {"status": capture.response_status,
+         "headers": redact_headers(capture.response_headers)},
+        _decoded(response_body, encoding), response_type,
+        response_type.startswith("text/event-stream") or capture.meta.get("stream", False))
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as gz:
+        for piece in (meta[:-1], b', "request": ', *request, b', "response": ', *response,
+                      b"}"):
+            gz.write(piece)
+    return out.getvalue()
 
 
 class BodyWriter:
@@ -150,10 +170,16 @@ class BodyWriter:
         self.held_bytes = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._wake_drain = asyncio.Event()
+        self._large_builds = asyncio.Semaphore(1)
         self._stopping = False
 
     def url(self, key: str) -> str:
         return self.store.url(key)
+
+    def _building(self, capture: Capture) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Building a document briefly needs a few times its body in memory: large ones are
+        built one at a time, so a burst of big prompts cannot multiply that."""
+        return self._large_builds if capture.size > LARGE_BODY else contextlib.nullcontext()
 
     def start(self) -> None:
         self.pending_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -163,7 +189,8 @@ class BodyWriter:
     async def submit(self, capture: Capture) -> None:
         """Queue a body; over the memory budget, spill it to disk first (in a thread)."""
         if self.queued_bytes + self.held_bytes + capture.size > self.queue_bytes:
-            data, stored = await asyncio.to_thread(self._spill_capture, capture)
+            async with self._building(capture):
+                data, stored = await asyncio.to_thread(self._spill_capture, capture)
             if not stored:
                 await self._keep(capture.key, data)
             return
@@ -196,13 +223,15 @@ class BodyWriter:
             capture = await self.queue.get()
             if capture is None:
                 return
-            self.queued_bytes -= capture.size
             try:  # build and first upload attempt in one thread hop: most bodies need no more
-                data, stored = await asyncio.to_thread(self._build_and_put, capture)
+                async with self._building(capture):
+                    data, stored = await asyncio.to_thread(self._build_and_put, capture)
             except Exception as exc:  # a bug building one document must not stop the worker
                 log.exception("could not build the body document for %s", capture.key)
                 self.last_error = f"{exc.__class__.__name__}: {exc}"
                 continue
+            finally:
+                self.queued_bytes -= capture.size  # counted until its document exists
             if stored:
                 continue
             # Shutting down: no more tries, straight to disk, so the drain meets its deadline.

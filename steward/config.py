@@ -117,6 +117,9 @@ class ProviderConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     max_body_bytes: int = field(default=32 * 1024**2, metadata={**SIZE, "check": _positive})
+    # Request bodies held at once, all requests together: past it, 503 with Retry-After.
+    max_buffered_body_bytes: int = field(default=512 * 1024**2,
+                                         metadata={**SIZE, "check": _positive})
     connect_timeout: float = field(default=10.0, metadata={**DURATION, "check": _positive})
     read_timeout: float = field(default=600.0, metadata={**DURATION, "check": _positive})
     stream_idle_timeout: float = field(default=300.0, metadata={**DURATION, "check": _positive})
@@ -438,6 +441,7 @@ DEFAULT_TOML = """\
 
 [limits]
 # max_body_bytes = "32MiB"     # larger request bodies get 413
+# max_buffered_body_bytes = "512MiB"  # request bodies held at once; beyond it: 503, Retry-After
 # connect_timeout = "10s"      # upstream TCP/TLS connect
 # read_timeout = "600s"        # longest wait for the upstream's response headers (504)
 # stream_idle_timeout = "300s" # longest silence between chunks of a response

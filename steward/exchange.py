@@ -42,6 +42,7 @@ class Exchange:
     reading: Reading | None = None
     error: str | None = None
     capture: Capture | None = None  # kept only when bodies are stored
+    buffered: int = 0  # request-body bytes this exchange counts against the shared cap
     body_ref: str | None = None
     client_gone: bool = False
     responded: bool = False  # response headers sent: errors can no longer change the status

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from . import db, gateway_keys, master_key, pricing, provider_keys
+from . import allocator, db, gateway_keys, master_key, pricing, provider_keys
 from .bodies import BodyWriter
 from .bucket import bucket_settings
 from .config import Config, load_config
@@ -61,6 +61,7 @@ class Gateway:
         self.ready = False
 
     async def start(self) -> None:
+        allocator.tune()
         if os.environ.get("STEWARD_ASYNCIO_DEBUG") == "1":
             # Every callback that holds the loop for 10 ms or more is logged: the test suite
             # runs its shared daemon this way and fails on any such line.
@@ -160,6 +161,7 @@ class Gateway:
         upload = self.uploader.status if self.uploader else {}
         spool = self.spool.status()
         return {"requests_served": self.proxy.served if self.proxy else 0,
+                "request_body_bytes_buffered": self.proxy.buffered_bytes if self.proxy else 0,
                 "body_queue_depth": bodies.get("queued", 0),
                 "body_queue_bytes": bodies.get("queued_bytes", 0),
                 "bodies_pending_on_disk": bodies.get("pending", 0),

@@ -62,6 +62,7 @@ class Proxy:
         self.credentials = credentials
         self.spool = spool
         self.served = 0
+        self.buffered_bytes = 0  # request bodies held right now, all requests together
         self.configure(router, sessions, limits)
 
     def configure(self, router: Router, sessions: dict[str, aiohttp.ClientSession],
@@ -99,6 +100,13 @@ class Proxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(method=scope["method"], path=scope["path"], query=scope["query_string"],
                       raw_path=scope["raw_path"])
+        try:
+            await self._handle(ex, scope, receive, send)
+        finally:
+            self.buffered_bytes -= ex.buffered
+
+    async def _handle(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
+        """auth -> route -> forward -> account, then the bodies to the background writer."""
         fmt = None
         try:
             self._check_request_shape(scope)
@@ -110,7 +118,7 @@ class Proxy:
                                                                            split.key)
             self._authenticate(ex, key_value)
             self._inject_credential(ex, headers, caller_credential)
-            body = await self._read_body(scope, receive)
+            body = await self._read_body(ex, scope, receive)
             ex.request_model = ex.route.model or _find_model(body)
             if self.bodies is not None:
                 key = object_key(ex.key.id if ex.key else None, ex.id, ex.started_at)
@@ -224,13 +232,19 @@ class Proxy:
             raise GatewayError(401, "Invalid X-Majordomo-Key: the key is unknown, revoked or "
                                "expired. Check it, or create one with `steward keys add NAME`.")
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+    async def _read_body(self, ex: Exchange, scope: Scope, receive: Receive
+                         ) -> bytes | bytearray:
+        """The whole request body. A body in several chunks is gathered into one buffer as it
+        arrives, so a 30 MiB prompt is held once, not once in chunks and again joined. Every
+        byte held counts against limits.max_buffered_body_bytes until the request ends."""
         limit = self.max_body_bytes
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise _too_large(limit)
-        chunks: list[bytes] = []
-        size = 0
+            if name == b"content-length" and value.isdigit():
+                if int(value) > limit:
+                    raise _too_large(limit)
+                self._buffer(ex, int(value))  # refused before a byte is read
+        first = b""
+        body: bytearray | None = None
         while True:
             try:
                 async with asyncio.timeout(self.limits.client_timeout):
@@ -242,15 +256,32 @@ class Proxy:
             if message["type"] == "http.disconnect":
                 raise GatewayError(499, "client disconnected while sending the request")
             chunk = message.get("body", b"")
-            size += len(chunk)
+            if body is not None:
+                body += chunk
+            elif not first:
+                first = chunk
+            elif chunk:
+                body = bytearray(first)
+                body += chunk
+                first = b""
+            size = len(body) if body is not None else len(first)
             if size > limit:
                 raise _too_large(limit)
-            if chunk:
-                chunks.append(chunk)
+            if size > ex.buffered:
+                self._buffer(ex, size - ex.buffered)
             if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return body if body is not None else first
 
-    async def _forward(self, ex: Exchange, headers: list[tuple[str, str]], body: bytes,
+    def _buffer(self, ex: Exchange, size: int) -> None:
+        cap = self.limits.max_buffered_body_bytes
+        if self.buffered_bytes + size > cap and size > 0:
+            raise GatewayError(503, f"Steward is already holding {self.buffered_bytes >> 20} "
+                               f"MiB of request bodies (limits.max_buffered_body_bytes is "
+                               f"{cap >> 20} MiB); retry shortly", headers={"Retry-After": "1"})
+        self.buffered_bytes += size
+        ex.buffered += size
+
+    async def _forward(self, ex: Exchange, headers: list[tuple[str, str]], body: bytes | bytearray,
                        receive: Receive, send: Send) -> None:
         assert ex.upstream is not None and ex.route is not None
         upstream, route = ex.upstream, ex.route
@@ -268,8 +299,8 @@ class Proxy:
                 try:
                     async with asyncio.timeout(self.limits.read_timeout) as deadline:
                         response = await self.sessions[upstream.name].request(
-                            ex.method, URL(target, encoded=True), headers=headers,
-                            data=body or None, allow_redirects=False)
+                            ex.method, URL(target, encoded=True), **_body_args(headers, body),
+                            allow_redirects=False)
                         await self._relay(ex, response, send, deadline)
                 except TimeoutError:
                     if not ex.responded:
@@ -411,12 +442,30 @@ def _on_disconnect(watcher: asyncio.Future[dict[str, Any]], ex: Exchange,
         task.cancel()
 
 
+LARGE_REQUEST = 1024 * 1024
+PIECE = 256 * 1024
+
+
+def _body_args(headers: list[tuple[str, str]], body: bytes | bytearray) -> dict[str, Any]:
+    """A large body goes upstream in pieces, each written once the socket takes the last, so
+    it is never copied whole into a transport buffer; a small one in a single write."""
+    if len(body) <= LARGE_REQUEST:
+        return {"headers": headers, "data": body or None}
+    return {"headers": [*headers, ("Content-Length", str(len(body)))],
+            "data": _in_pieces(memoryview(body))}
+
+
+async def _in_pieces(view: memoryview) -> AsyncIterator[memoryview]:
+    for start in range(0, len(view), PIECE):
+        yield view[start:start + PIECE]
+
+
 def _too_large(limit: int) -> GatewayError:
     return GatewayError(413, f"request body is larger than Steward's limit of {limit} bytes "
                         "(limits.max_body_bytes)")
 
 
-def _find_model(body: bytes) -> str | None:
+def _find_model(body: bytes | bytearray) -> str | None:
     """The request's "model" without decoding the whole body (which can be 32 MiB of prompt).
 
     bytes.find is memchr-fast; a match preceded by a backslash is inside a string, not a key.

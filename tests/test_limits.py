@@ -24,7 +24,8 @@ def limited(fresh_home: tuple[Path, str], upstream: FakeUpstream):
            "STEWARD_LIMITS__MAX_URL_BYTES": "2KiB", "STEWARD_LIMITS__STREAM_IDLE_TIMEOUT": "2",
            "STEWARD_LIMITS__READ_TIMEOUT": "2", "STEWARD_LIMITS__MAX_STREAM_DURATION": "3",
            "STEWARD_LIMITS__MAX_CONCURRENT_PER_PROVIDER": "2",
-           "STEWARD_LIMITS__MAX_QUEUED_PER_PROVIDER": "1", "STEWARD_LIMITS__CLIENT_TIMEOUT": "2"}
+           "STEWARD_LIMITS__MAX_QUEUED_PER_PROVIDER": "1", "STEWARD_LIMITS__CLIENT_TIMEOUT": "2",
+           "STEWARD_LIMITS__MAX_BUFFERED_BODY_BYTES": "4MiB"}
     daemon = Daemon(home, env=env).start()
     yield daemon, key
     daemon.stop()
@@ -165,3 +166,43 @@ def test_client_that_stops_sending_is_dropped(limited: tuple[Daemon, str]) -> No
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 408") and b"limits.client_timeout" in reply
     assert healthy(daemon, key)
+
+
+def test_large_body_reaches_the_upstream_exactly(limited: tuple[Daemon, str],
+                                                 upstream: FakeUpstream) -> None:
+    daemon, key = limited
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user",
+                                                         "content": "é" * 1_500_000}]},
+                      ensure_ascii=False).encode()  # 3 MB: over the 1 MiB piece size
+    got = httpx.post(daemon.url + CHAT, content=body, headers={
+        **headers(key), "content-type": "application/json", "x-fake-case": "big"}, timeout=30)
+    assert got.status_code == 200
+    seen = next(r for r in reversed(upstream.requests) if r.headers.get("x-fake-case") == "big")
+    assert seen.body == body  # sent in pieces, byte for byte, with its length
+    assert seen.headers["Content-Length"] == str(len(body))
+    assert "Transfer-Encoding" not in seen.headers
+
+
+def test_bodies_held_at_once_are_capped(limited: tuple[Daemon, str]) -> None:
+    daemon, key = limited
+    with socket.create_connection(("127.0.0.1", daemon.port)) as slow:
+        # A caller that announced 3 MiB and is still sending: Steward has reserved it.
+        slow.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nX-Majordomo-Key: {key}\r\n"
+                     "Authorization: Bearer sk\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {3 * 1024 * 1024}\r\n\r\n{{\"mo".encode())
+        wait_for(lambda: metric(daemon, "steward_request_body_bytes_buffered") > 0, 10,
+                 "the first body to be reserved")
+        refused = httpx.post(daemon.url + CHAT, content=b"x" * (2 * 1024 * 1024),
+                             headers=headers(key), timeout=30)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "limits.max_buffered_body_bytes" in refused.json()["error"]["message"]
+        assert healthy(daemon, key)  # small bodies still fit beside it
+    wait_for(lambda: metric(daemon, "steward_request_body_bytes_buffered") == 0, 10,
+             "the reservation to be released when the caller went away")
+    assert healthy(daemon, key)
+
+
+def metric(daemon: Daemon, name: str) -> float:
+    text = httpx.get(daemon.admin_url + "/metrics", timeout=10).text
+    return float(next(line for line in text.splitlines() if line.startswith(name + " ")
+                      ).split()[1])
