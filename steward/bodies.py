@@ -98,7 +98,7 @@ def encode_body(data: bytes | bytearray, content_type: str, streamed: bool
         try:
             json.loads(text, parse_constant=_reject_constant)
             return data, "json"
-        except ValueError:
+        except (ValueError, RecursionError):  # too deep for Python is kept as text
             pass
     return json.dumps(text, ensure_ascii=False).encode(), "sse" if streamed else "text"
 

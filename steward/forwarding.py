@@ -34,12 +34,12 @@ class SplitHeaders:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def filter_accept_encoding(value: bytes) -> bytes:
+def filter_accept_encoding(value: bytes) -> str:
     """Keep only codings Steward can read for accounting (gzip, deflate); the caller's client
     can decode every coding it offered, so narrowing the offer is safe."""
-    kept = [part for part in value.split(b",")
-            if part.split(b";")[0].strip().decode("latin-1").lower() in DECODABLE]
-    return b",".join(kept).strip() or b"identity"
+    kept = [part.decode("ascii").strip() for part in value.split(b",")
+            if part.isascii() and part.split(b";")[0].strip().decode().lower() in DECODABLE]
+    return ", ".join(kept) or "identity"
 
 
 def split_headers(raw: list[tuple[bytes, bytes]], max_tags: int, max_tag_bytes: int
@@ -53,10 +53,12 @@ def split_headers(raw: list[tuple[bytes, bytes]], max_tags: int, max_tag_bytes: 
     for name, value in raw:
         if name.startswith(MAJORDOMO):
             tag = name[len(MAJORDOMO):].decode("latin-1")
-            if tag == "key":
-                out.key = value.decode("latin-1").strip()
-            elif tag == "provider":
-                out.provider = value.decode("latin-1")
+            if tag in ("key", "provider"):
+                if getattr(out, tag) is not None:  # which one was meant is anyone's guess
+                    raise GatewayError(400, f"X-Majordomo-{tag.title()} was sent more than "
+                                       "once; send it once")
+                setattr(out, tag, value.decode("latin-1").strip() if tag == "key"
+                        else value.decode("latin-1"))
             elif tag != "request-id":
                 new = tag not in out.tags
                 if (new and len(out.tags) >= max_tags) or len(value) > max_tag_bytes:
@@ -67,10 +69,20 @@ def split_headers(raw: list[tuple[bytes, bytes]], max_tags: int, max_tag_bytes: 
         elif name in HOP_BY_HOP or name in drop:
             continue
         elif name == b"accept-encoding":
-            out.forward.append(("accept-encoding", filter_accept_encoding(value).decode()))
+            out.forward.append(("accept-encoding", filter_accept_encoding(value)))
         else:
-            out.forward.append((name.decode("latin-1"), value.decode("latin-1")))
+            out.forward.append((name.decode("latin-1"), _forwardable(name, value)))
     return out
+
+
+def _forwardable(name: bytes, value: bytes) -> str:
+    """The value as text the upstream client encodes back to the very same bytes (UTF-8)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise GatewayError(400, f"the {name.decode('latin-1')} header holds bytes that are not "
+                           "UTF-8; Steward forwards header values byte for byte only when they "
+                           "are ASCII or UTF-8") from None
 
 
 def split_query_key(query: bytes) -> tuple[list[str], bytes]:

@@ -42,9 +42,10 @@ class StreamReader(Protocol):
 
 
 def loads(data: bytes) -> Any:
+    """JSON from an upstream, or None for anything else (nested too deep included)."""
     try:
         return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return None
 
 

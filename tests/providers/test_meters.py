@@ -172,3 +172,9 @@ def test_any_bytes_never_raise_and_never_invent_counts(fmt: str, content_type: s
         assert value is None or (isinstance(value, int) and not isinstance(value, bool))
     if status != 200:
         assert reading.error is not None and reading.usage == Usage()
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 100_000])
+def test_json_nested_too_deep_is_unknown_usage_not_a_crash(body: bytes) -> None:
+    reading = read("openai", Route("chat/completions", "/c"), "application/json", [body])
+    assert reading.usage == Usage() and reading.error is None

@@ -2,7 +2,9 @@
 
 Responses are deterministic, so a test can compare an SDK call made through Steward with the
 same call made directly. The `x-fake-behavior` request header (which Steward forwards like any
-other header) asks for failures: `status:429`, `gzip`, `delay:SECONDS`, `stall`, `reset`.
+other header) asks for failures: `status:429`, `gzip`, `bad-gzip`, `delay:SECONDS`, `stall`
+(after the first event), `hold` (before any answer), `reset` (mid-stream), `pace:SECONDS`,
+`reset-before-headers`, `not-json`, `short-content-length`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Seen:
     raw_path: str
     headers: dict[str, str]
     body: bytes
+    raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -86,11 +89,10 @@ class FakeUpstream:
         body = await request.read()
         self.requests.append(Seen(request.method, request.path, request.query_string,
                                   request.raw_path.split("?")[0],
-                                  dict(request.headers), body))
+                                  dict(request.headers), body, list(request.raw_headers)))
         behavior = request.headers.get("x-fake-behavior", "")
         if behavior.startswith("delay:"):
             await asyncio.sleep(float(behavior.split(":", 1)[1]))
-        payload: dict[str, Any] = json.loads(body) if body and body[:1] == b"{" else {}
         path = request.path
         if path.startswith("/v1/messages"):
             kind = "anthropic"
@@ -98,8 +100,20 @@ class FakeUpstream:
             kind = "gemini"
         else:
             kind = "openai"
+        try:  # like the real APIs: a body that is not a JSON object, or a bad model, is a 400
+            payload: dict[str, Any] = json.loads(body) if body else {}
+        except (ValueError, RecursionError):
+            return self.error(kind, 400)
+        if not isinstance(payload, dict) or not isinstance(payload.get("model", ""), str):
+            return self.error(kind, 400)
         if behavior.startswith("status:"):
             return self.error(kind, int(behavior.split(":", 1)[1]))
+        if behavior == "hold":  # never answer; note when the caller (Steward) gives up
+            await self._wait_for_close(request)
+            return web.Response()
+        if behavior == "bad-gzip":
+            return web.Response(body=b"this is not gzip", content_type="application/json",
+                                headers={"Content-Encoding": "gzip"})
         if behavior == "reset-before-headers":
             assert request.transport is not None
             request.transport.abort()
