@@ -206,3 +206,72 @@ def metric(daemon: Daemon, name: str) -> float:
     text = httpx.get(daemon.admin_url + "/metrics", timeout=10).text
     return float(next(line for line in text.splitlines() if line.startswith(name + " ")
                       ).split()[1])
+
+
+def test_client_gone_mid_request_body(limited: tuple[Daemon, str],
+                                      upstream: FakeUpstream) -> None:
+    daemon, key = limited
+    before = len(upstream.requests)
+    with socket.create_connection(("127.0.0.1", daemon.port)) as raw:
+        raw.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nX-Majordomo-Key: {key}\r\n"
+                    "Authorization: Bearer sk\r\nX-Majordomo-Case: gone-mid-body\r\n"
+                    "Content-Length: 5000\r\n\r\n{\"model\": \"gpt-4o\", ".encode())
+        wait_for(lambda: metric(daemon, "steward_request_body_bytes_buffered") > 0, 10,
+                 "the request to reach Steward")
+    record = wait_for(lambda: [r for r in daemon.records()
+                               if r["tags"].get("case") == "gone-mid-body"], 10, "the record")[0]
+    assert record["status"] == 499
+    assert record["error"] == "client disconnected while sending the request"
+    assert len(upstream.requests) == before  # nothing half-sent went upstream
+    wait_for(lambda: metric(daemon, "steward_request_body_bytes_buffered") == 0, 10,
+             "the body reservation to be released")
+    assert healthy(daemon, key)
+
+
+def test_client_gone_right_after_sending(limited: tuple[Daemon, str],
+                                         upstream: FakeUpstream) -> None:
+    """The upstream is still thinking: Steward must hang up on it at once, not wait."""
+    daemon, key = limited
+    upstream.stream_closed.clear()
+    body = b'{"model": "gpt-4o"}'
+    with socket.create_connection(("127.0.0.1", daemon.port)) as raw:
+        raw.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nX-Majordomo-Key: {key}\r\n"
+                    "Authorization: Bearer sk\r\nX-Majordomo-Case: gone-after-send\r\n"
+                    "x-fake-behavior: hold\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_for(lambda: any(r.headers.get("x-fake-behavior") == "hold"
+                             for r in upstream.requests[-3:]), 10, "the upstream call")
+    assert upstream.stream_closed.wait(5), "Steward kept the upstream call open"
+    record = wait_for(lambda: [r for r in daemon.records()
+                               if r["tags"].get("case") == "gone-after-send"], 10, "the record")[0]
+    assert record["status"] == 499 and record["error"] == "client disconnected"
+    assert record["latency_ms"] < 5000
+    assert healthy(daemon, key)
+
+
+def test_upstream_reset_mid_stream(limited: tuple[Daemon, str]) -> None:
+    daemon, key = limited
+    read_cut_stream(daemon, key, "reset")
+    record = daemon.records()[-1]
+    assert record["status"] == 200 and record["stream"] is True
+    assert record["error"] == "upstream failed mid-response: ClientPayloadError"
+    assert record["response_model"] == "gpt-4o-2024-08-06"  # from the events that did arrive
+    assert healthy(daemon, key)
+
+
+def test_invalid_gzip_is_relayed_as_sent_and_recorded(limited: tuple[Daemon, str]) -> None:
+    daemon, key = limited
+    with socket.create_connection(("127.0.0.1", daemon.port)) as raw:
+        raw.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nX-Majordomo-Key: {key}\r\n"
+                    "Authorization: Bearer sk\r\nx-fake-behavior: bad-gzip\r\n"
+                    "Content-Length: 2\r\nConnection: close\r\n\r\n{}".encode())
+        reply = b""
+        while chunk := raw.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"content-encoding: gzip" in head.lower()
+    assert body == b"this is not gzip"  # exactly what the upstream sent
+    record = daemon.records()[-1]
+    assert record["error"] == "response body could not be decompressed for accounting"
+    assert record["input_tokens"] is None
+    assert healthy(daemon, key)
