@@ -302,10 +302,16 @@ class Proxy:
                             ex.method, URL(target, encoded=True), **_body_args(headers, body),
                             allow_redirects=False)
                         await self._relay(ex, response, send, deadline)
-                except TimeoutError:
+                except TimeoutError as exc:
+                    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                        raise GatewayError(504, f"could not connect to {upstream.name} at "
+                                           f"{upstream.base_url} within "
+                                           f"{self.limits.connect_timeout:g}s "
+                                           "(limits.connect_timeout)") from None
                     if not ex.responded:
-                        raise GatewayError(504, f"{upstream.name} did not answer in time "
-                                           f"({target.split('?')[0]})") from None
+                        raise GatewayError(504, f"{upstream.name} sent no response within "
+                                           f"{self.limits.read_timeout:g}s (limits.read_timeout;"
+                                           f" {target.split('?')[0]})") from None
                     if not ex.recorded:
                         ex.reading = ex.meter.finish() if ex.meter is not None else None
                         ex.error = self._cut_reason(ex)

@@ -74,7 +74,7 @@ def test_upstream_timeout_is_504(daemon: tuple[Daemon, str]) -> None:
     running, key = daemon
     got = chat(running, key, **{"x-fake-behavior": "delay:3"})
     assert got.status_code == 504
-    assert "did not answer in time" in got.json()["error"]["message"]
+    assert "sent no response within" in got.json()["error"]["message"]
     assert running.records()[-1]["status"] == 504
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,9 +19,30 @@ CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture
-def limited(fresh_home: tuple[Path, str], upstream: FakeUpstream):
+def blackhole() -> Iterator[int]:
+    """A port whose accept queue is full: connection attempts hang until they time out."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        for _ in range(4):  # fill the queue; later SYNs are dropped, never answered
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        yield port
+        for filler in fillers:
+            filler.close()
+
+
+@pytest.fixture
+def limited(fresh_home: tuple[Path, str], upstream: FakeUpstream, blackhole: int):
     home, key = fresh_home
     env = {**provider_env(upstream.url), "STEWARD_LIMITS__MAX_HEADERS": "40",
+           "STEWARD_PROVIDERS__BLACKHOLE__FORMAT": "openai",
+           "STEWARD_PROVIDERS__BLACKHOLE__BASE_URL": f"http://127.0.0.1:{blackhole}/v1",
+           "STEWARD_LIMITS__CONNECT_TIMEOUT": "1",
            "STEWARD_LIMITS__MAX_URL_BYTES": "2KiB", "STEWARD_LIMITS__STREAM_IDLE_TIMEOUT": "2",
            "STEWARD_LIMITS__READ_TIMEOUT": "2", "STEWARD_LIMITS__MAX_STREAM_DURATION": "3",
            "STEWARD_LIMITS__MAX_CONCURRENT_PER_PROVIDER": "2",
@@ -274,4 +296,15 @@ def test_invalid_gzip_is_relayed_as_sent_and_recorded(limited: tuple[Daemon, str
     record = daemon.records()[-1]
     assert record["error"] == "response body could not be decompressed for accounting"
     assert record["input_tokens"] is None
+    assert healthy(daemon, key)
+
+
+def test_upstream_that_never_accepts_is_504_after_connect_timeout(
+        limited: tuple[Daemon, str]) -> None:
+    daemon, key = limited
+    got = httpx.post(daemon.url + CHAT, json={"model": "gpt-4o"},
+                     headers=headers(key, **{"X-Majordomo-Provider": "blackhole"}), timeout=30)
+    assert got.status_code == 504
+    assert "within 1s (limits.connect_timeout)" in got.json()["error"]["message"]
+    assert daemon.records()[-1]["status"] == 504
     assert healthy(daemon, key)
