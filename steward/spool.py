@@ -52,7 +52,9 @@ class Spool:
     def _open_segment(self) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        self.path = self.directory / f"{stamp}-{os.getpid()}-{secrets.token_hex(3)}{SEGMENT_SUFFIX}"
+        # Names sort in writing order: same second and process, the sequence number decides.
+        self.path = self.directory / (f"{stamp}-{os.getpid()}-{next(_SEQUENCE):05d}"
+                                      f"{secrets.token_hex(3)}{SEGMENT_SUFFIX}")
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         _OPEN_HERE.add(self.path.name)
         self._opened_at = time.monotonic()
@@ -219,6 +221,7 @@ class Spool:
 
 
 _OPEN_HERE: set[str] = set()  # segments this process is appending to
+_SEQUENCE = itertools.count()
 
 
 def _process_started_at(pid: int) -> float | None:
@@ -233,7 +236,7 @@ def _process_started_at(pid: int) -> float | None:
 
 
 def segment_writer_alive(path: Path) -> bool:
-    """Segments are named <UTC time>-<pid>-<random>: is their writer still appending?
+    """Segments are named <UTC time>-<pid>-<sequence><random>: is their writer still appending?
 
     A PID can be reused (in a container Steward may be PID 1 on every start), so the process
     must also have started before the segment was created.
