@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import gzip
-import io
 import json
 import logging
 import random
@@ -142,18 +140,18 @@ def build_document(capture: Capture) -> bytes:
          "headers": redact_headers(capture.response_headers)},
         _decoded(response_body, encoding), response_type,
         response_type.startswith("text/event-stream") or capture.meta.get("stream", False))
-    out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as gz:
-        for piece in (meta[:-1], b', "request": ', *request, b', "response": ', *response,
-                      b"}"):
-            gz.write(piece)
-    return out.getvalue()
+    gz = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: a gzip container
+    pieces = [gz.compress(piece) for piece in (meta[:-1], b', "request": ', *request,
+                                               b', "response": ', *response, b"}")]
+    pieces.append(gz.flush())
+    return b"".join(pieces)
 
 
 class BodyWriter:
     def __init__(self, store: BodyStore, home: Path, *, workers: int, queue_bytes: int,
-                 attempts: int = 4):
+                 attempts: int = 4, flush_interval: float | None = None):
         self.store = store
+        self.flush_interval = flush_interval  # store.flush() this often (None, 0: never)
         self.pending_dir = home / PENDING_DIR
         self.workers = workers
         self.queue_bytes = queue_bytes
@@ -168,7 +166,8 @@ class BodyWriter:
         self.last_error: str | None = None
         self.held: list[tuple[str, bytes]] = []  # neither uploaded nor on disk yet
         self.held_bytes = 0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the workers
+        self._background: list[asyncio.Task[None]] = []  # draining and flushing
         self._wake_drain = asyncio.Event()
         self._large_builds = asyncio.Semaphore(1)
         self._stopping = False
@@ -184,7 +183,9 @@ class BodyWriter:
     def start(self) -> None:
         self.pending_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
-        self._tasks.append(asyncio.create_task(self._drain_pending()))
+        self._background = [asyncio.create_task(self._drain_pending())]
+        if self.flush_interval:
+            self._background.append(asyncio.create_task(self._flush_periodically()))
 
     async def submit(self, capture: Capture) -> None:
         """Queue a body; over the memory budget, spill it to disk first (in a thread)."""
@@ -202,9 +203,8 @@ class BodyWriter:
         self._stopping = True
         for _ in range(self.workers):
             self.queue.put_nowait(None)
-        workers, drainer = self._tasks[:-1], self._tasks[-1:]
-        await asyncio.gather(*workers, return_exceptions=True)
-        for task in drainer:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -212,6 +212,24 @@ class BodyWriter:
             self.lost += len(self.held)
             log.error("LOST %d BODIES at shutdown: neither the bucket nor %s took them (%s)",
                       len(self.held), self.pending_dir, self.last_error)
+        if self.flush_interval:
+            await self._flush()
+
+    async def _flush_periodically(self) -> None:
+        """Bodies written without an fsync each become durable together, once per interval."""
+        assert self.flush_interval
+        flushed = self.uploaded
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            if self.uploaded != flushed:
+                flushed = self.uploaded
+                await self._flush()
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.to_thread(self.store.flush)
+        except OSError as exc:
+            log.error("could not flush stored bodies to disk: %s", exc)
 
     def pending(self) -> int:
         return sum(1 for _ in self.pending_dir.glob(f"*{PENDING_SUFFIX}"))

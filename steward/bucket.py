@@ -24,7 +24,8 @@ def bucket_settings(config: Config, conn: sqlite3.Connection, vault: Vault) -> S
     return StoreSettings(url=config.bodies_url(), region=b.region, endpoint_url=b.endpoint_url,
                          sse=b.sse, kms_key_id=b.kms_key_id, credentials_file=b.credentials_file,
                          access_key_id=creds.get("access_key_id"),
-                         secret_access_key=creds.get("secret_access_key"))
+                         secret_access_key=creds.get("secret_access_key"),
+                         fsync_each=config.bodies_fsync_interval == 0)
 
 
 def store_credentials(conn: sqlite3.Connection, vault: Vault, access_key_id: str,

@@ -74,6 +74,13 @@ def _optional_http_url(v: str) -> None:
         _http_url(v)
 
 
+def fsync_interval(policy: str) -> float | None:
+    """An fsync policy ("always", "never", or an interval) as seconds: 0 always, None never."""
+    if policy == "never":
+        return None
+    return 0.0 if policy == "always" else parse_duration(policy)
+
+
 def _fsync_policy(v: str) -> None:
     if v not in ("always", "never"):
         parse_duration(v)
@@ -157,6 +164,8 @@ class BodiesConfig:
     credentials_file: str = ""  # GCS service-account JSON; empty: default credentials
     workers: int = field(default=4, metadata=_int_between(1, 64))
     queue_bytes: int = field(default=256 * 1024**2, metadata={**SIZE, "check": _positive})
+    # Local directory only: fsync each body ("always"), or flush all at an interval / "never".
+    fsync: str = field(default="1s", metadata={"check": _fsync_policy})
 
 
 def _upload_format(v: str) -> None:
@@ -219,10 +228,12 @@ class Config:
     @property
     def fsync_interval(self) -> float | None:
         """None means never; 0 means after every record."""
-        policy = self.metadata.fsync
-        if policy == "never":
-            return None
-        return 0.0 if policy == "always" else parse_duration(policy)
+        return fsync_interval(self.metadata.fsync)
+
+    @property
+    def bodies_fsync_interval(self) -> float | None:
+        """None means never; 0 means every body as it is written."""
+        return fsync_interval(self.bodies.fsync)
 
     def bodies_url(self) -> str:
         return self.bodies.url or (self.home / "bodies").as_uri()
@@ -467,6 +478,7 @@ DEFAULT_TOML = """\
 # credentials_file = ""        # GCS service-account JSON; empty: application default credentials
 # workers = 4                  # parallel uploads
 # queue_bytes = "256MiB"       # bodies held in memory; beyond it they wait on local disk
+# fsync = "1s"                 # local directory: always (each body) | never | an interval
 
 [metadata]
 # upload_url = ""              # empty: records stay in the local spool

@@ -78,7 +78,8 @@ class Gateway:
                                                                         self._vault))
             b = self.config.bodies
             self.bodies = BodyWriter(store, self.config.home, workers=b.workers,
-                                     queue_bytes=b.queue_bytes)
+                                     queue_bytes=b.queue_bytes,
+                                     flush_interval=self.config.bodies_fsync_interval)
             self.bodies.start()
         limits = self.config.limits
         self.proxy = Proxy(self.router, self.keys, self.credentials, self.sessions, self.spool,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ import httpx
 import openai
 import pytest
 
+from steward.bodies import BodyWriter, Capture, build_document
+from steward.storage import LocalStore
 from tests.support.daemon import Daemon, cli, free_port, provider_env
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.storage_servers import MotoS3, S3rver, gcs_client, gcs_server, s3rver_binary
@@ -270,3 +273,43 @@ def test_wrong_credentials_are_named_and_bodies_wait_on_disk(
         assert "ok" in cli("bucket", "test", home=home).stdout.lower()
     finally:
         server.stop()
+
+
+class RecordingStore(LocalStore):
+    """A local store that counts flushes."""
+
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_unsynced_bodies_are_flushed_together_each_interval(tmp_path: Path) -> None:
+    store = RecordingStore(tmp_path / "bodies", durable=False)
+
+    async def run() -> None:
+        writer = BodyWriter(store, tmp_path, workers=2, queue_bytes=1 << 20,
+                            flush_interval=0.05)
+        writer.start()
+        for i in range(5):
+            await writer.submit(Capture(f"k/{i}.json.gz", {"id": i}, [], b'{"a": 1}', b""))
+        while writer.uploaded < 5:
+            await asyncio.sleep(0.01)
+        while store.flushes == 0:  # within one interval of the writes
+            await asyncio.sleep(0.01)
+        flushes = store.flushes
+        await asyncio.sleep(0.2)
+        assert store.flushes == flushes  # nothing new written: no flush
+        await writer.stop()
+        assert store.flushes == flushes + 1  # and a last one on the way out
+
+    asyncio.run(asyncio.wait_for(run(), 10))
+    assert len(list((tmp_path / "bodies" / "k").iterdir())) == 5
+
+
+def test_deeply_nested_json_body_is_stored_as_text() -> None:
+    deep = b"[" * 100_000
+    doc = json.loads(gzip.decompress(build_document(Capture(
+        "k", {"id": "x"}, [(b"content-type", b"application/json")], deep, b""))))
+    assert doc["request"]["body_encoding"] == "text" and doc["request"]["body"] == deep.decode()
