@@ -19,7 +19,7 @@ from steward.bodies import BodyWriter, Capture, build_document
 from steward.storage import LocalStore
 from tests.support.daemon import Daemon, cli, free_port, provider_env
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.storage_servers import MotoS3, S3rver, gcs_client, gcs_server, s3rver_binary
+from tests.support.storage_servers import MotoS3, gcs_client, gcs_server
 from tests.support.waiting import wait_for
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -244,19 +244,20 @@ def test_bucket_status_reports_pending(fresh_home: tuple[Path, str]) -> None:
 
 
 
+@pytest.mark.parametrize("wrong", ["key id", "secret"])
 def test_wrong_credentials_are_named_and_bodies_wait_on_disk(
-        fresh_home: tuple[Path, str], upstream: FakeUpstream, tmp_path: Path) -> None:
-    binary = s3rver_binary()
-    if binary is None:
-        pytest.skip("needs npm to install s3rver, which checks S3 credentials")
-    server = S3rver(directory=tmp_path / "s3").start(binary)
+        fresh_home: tuple[Path, str], upstream: FakeUpstream, wrong: str) -> None:
+    server = MotoS3()
+    key_id, secret = server.start_authenticating("llm-bodies")
     home, key = fresh_home
+    bad_id, bad_secret = ("AKIANOTAKEY", secret) if wrong == "key id" else (key_id, "not-the-secret-5f3a9c")
     try:
         cli("bucket", "set", "s3://llm-bodies/x", "--endpoint-url", server.url, "--region",
-            "us-east-1", "--access-key-id", "NOT-A-KEY", home=home, input="secret\n")
+            "us-east-1", "--access-key-id", bad_id, home=home, input=bad_secret + "\n")
         failed = cli("bucket", "test", home=home, check=False)
         assert failed.returncode == 1
         assert "failed at write: the credentials are missing or wrong" in failed.stderr
+        assert bad_secret not in failed.stderr + failed.stdout
         daemon = Daemon(home, env=provider_env(upstream.url)).start()
         try:
             got = httpx.post(daemon.url + "/v1/chat/completions", json={"model": "gpt-4o"},
@@ -267,9 +268,10 @@ def test_wrong_credentials_are_named_and_bodies_wait_on_disk(
         finally:
             daemon.stop()
         status = json.loads(cli("bucket", "status", "--json", home=home).stdout)
-        assert status["pending_on_disk"] == 1 and "InvalidAccessKeyId" in status["last_error"]
-        cli("bucket", "set", "s3://llm-bodies/x", "--access-key-id", "S3RVER", home=home,
-            input="S3RVER\n")
+        expected = "InvalidAccessKeyId" if wrong == "key id" else "SignatureDoesNotMatch"
+        assert status["pending_on_disk"] == 1 and expected in status["last_error"]
+        cli("bucket", "set", "s3://llm-bodies/x", "--access-key-id", key_id, home=home,
+            input=secret + "\n")
         assert "ok" in cli("bucket", "test", home=home).stdout.lower()
     finally:
         server.stop()

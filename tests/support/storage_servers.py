@@ -57,6 +57,28 @@ class MotoS3(LoopbackProcess):
         self.launch([MOTO, "-H", "127.0.0.1", "-p"])
         return self
 
+    def start_authenticating(self, bucket: str) -> tuple[str, str]:
+        """moto with IAM authentication on: every request after set-up must be signed with an
+        IAM user's access key and secret, like AWS. Returns that key id and secret."""
+        import json
+
+        import boto3
+
+        # Set-up is exactly these unauthenticated actions; moto checks every one after them.
+        self.launch([MOTO, "-H", "127.0.0.1", "-p"],
+                    env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"})
+        iam = boto3.client("iam", endpoint_url=self.url, region_name="us-east-1",
+                           aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName="steward")
+        iam.put_user_policy(UserName="steward", PolicyName="bodies", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="steward")["AccessKey"]
+        boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
+                     aws_access_key_id=key["AccessKeyId"],
+                     aws_secret_access_key=key["SecretAccessKey"]).create_bucket(Bucket=bucket)
+        return key["AccessKeyId"], key["SecretAccessKey"]
+
     def client(self):  # type: ignore[no-untyped-def]
         import boto3
 
@@ -81,35 +103,3 @@ def gcs_client(endpoint: str):  # type: ignore[no-untyped-def]
 
     return storage.Client(project="steward", credentials=AnonymousCredentials(),
                           client_options={"api_endpoint": endpoint})
-
-
-S3RVER_VERSION = "3.7.1"
-
-
-def s3rver_binary() -> str | None:
-    """s3rver (npm) checks access keys, unlike moto; installed into .venv on first use."""
-    import shutil
-
-    prefix = Path(sys.prefix) / "s3rver"
-    binary = prefix / "node_modules" / ".bin" / "s3rver"
-    if binary.exists():
-        return str(binary)
-    if shutil.which("npm") is None:
-        return None
-    prefix.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["npm", "install", "--silent", "--prefix", str(prefix),
-                    f"s3rver@{S3RVER_VERSION}"], check=True, capture_output=True, timeout=300)
-    return str(binary)
-
-
-@dataclass
-class S3rver(LoopbackProcess):
-    """Accepts only the access key id S3RVER; serves bucket llm-bodies."""
-
-    directory: Path = Path()
-
-    def start(self, binary: str) -> S3rver:
-        self.launch([binary, "-d", str(self.directory), "-a", "127.0.0.1",
-                     "--configure-bucket", "llm-bodies", "-p"],
-                    env={**os.environ, "NODE_OPTIONS": "--openssl-legacy-provider"})
-        return self
