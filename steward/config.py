@@ -322,6 +322,12 @@ def build_config(home: Path, raw: Mapping[str, Any], source: str) -> Config:
         if providers[name].format != name:
             raise ConfigError(f"{source}: providers.{name}.format: the built-in provider "
                               f"{name} always speaks the {name} format")
+    limits = sections["limits"]
+    if limits.max_buffered_body_bytes < limits.max_body_bytes:
+        raise ConfigError(f"{source}: limits.max_buffered_body_bytes "
+                          f"({limits.max_buffered_body_bytes} bytes) must be at least "
+                          f"limits.max_body_bytes ({limits.max_body_bytes} bytes), or a body "
+                          "Steward accepts could never be held")
     return Config(home=home, providers=providers, **sections)
 
 

@@ -250,7 +250,8 @@ def test_wrong_credentials_are_named_and_bodies_wait_on_disk(
     server = MotoS3()
     key_id, secret = server.start_authenticating("llm-bodies")
     home, key = fresh_home
-    bad_id, bad_secret = ("AKIANOTAKEY", secret) if wrong == "key id" else (key_id, "not-the-secret-5f3a9c")
+    bad_id, bad_secret = (("AKIANOTAKEY", secret) if wrong == "key id"
+                          else (key_id, "not-the-secret-5f3a9c"))
     try:
         cli("bucket", "set", "s3://llm-bodies/x", "--endpoint-url", server.url, "--region",
             "us-east-1", "--access-key-id", bad_id, home=home, input=bad_secret + "\n")

@@ -106,3 +106,8 @@ def test_show_masks_credentials(home: Path) -> None:
     set_value(home, "metadata.upload_url", "https://user:pw@collector.example/ingest")
     shown = effective_dict(load_config(home, env={}))
     assert shown["metadata"]["upload_url"] == "https://****@collector.example/ingest"
+
+
+def test_buffered_bodies_must_fit_one_body(home: Path) -> None:
+    with pytest.raises(ConfigError, match=r"max_buffered_body_bytes .* must be at least"):
+        load_config(home, env={"STEWARD_LIMITS__MAX_BUFFERED_BODY_BYTES": "1MiB"})

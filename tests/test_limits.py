@@ -47,7 +47,8 @@ def limited(fresh_home: tuple[Path, str], upstream: FakeUpstream, blackhole: int
            "STEWARD_LIMITS__READ_TIMEOUT": "2", "STEWARD_LIMITS__MAX_STREAM_DURATION": "3",
            "STEWARD_LIMITS__MAX_CONCURRENT_PER_PROVIDER": "2",
            "STEWARD_LIMITS__MAX_QUEUED_PER_PROVIDER": "1", "STEWARD_LIMITS__CLIENT_TIMEOUT": "2",
-           "STEWARD_LIMITS__MAX_BUFFERED_BODY_BYTES": "4MiB"}
+           "STEWARD_LIMITS__MAX_BUFFERED_BODY_BYTES": "4MiB",
+           "STEWARD_LIMITS__MAX_BODY_BYTES": "4MiB"}
     daemon = Daemon(home, env=env).start()
     yield daemon, key
     daemon.stop()
