@@ -118,6 +118,7 @@ class Gateway:
         self.spool.close()
         if self._db is not None:
             self._db.close()
+        self.metrics.worker_exiting()
 
     def _refresh_keys(self) -> None:
         """Reload keys, provider keys and prices when the CLI has changed them."""
@@ -198,6 +199,7 @@ class Gateway:
             if usec:
                 notify("WATCHDOG=1")
             g = self.gauges()
+            self.metrics.publish_gauges()
             notify(f"STATUS=serving; {int(g['requests_served'])} requests; "
                    f"{int(g['body_queue_depth'])} bodies queued, "
                    f"{int(g['bodies_pending_on_disk'])} on disk; "

@@ -1,20 +1,31 @@
 """Prometheus metrics, in the text format prometheus-client writes.
 
 Counters and histograms are updated once per request from its metadata record; queue and
-backlog gauges are read from the gateway at scrape time. With several workers each serves its
-own registry (the admin port answers from whichever worker accepts the scrape).
+backlog gauges are read from the gateway at scrape time. With several workers (the server sets
+PROMETHEUS_MULTIPROC_DIR before they start), every worker writes its values to shared files and
+a scrape, whichever worker answers it, sums them all; each worker publishes its gauges there
+every few seconds, so other workers' gauges can be that old.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_KINDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                "reasoning_tokens")
@@ -44,7 +55,31 @@ class Metrics:
                               ["provider", "model", "kind"], registry=r)
         self.cost = Counter("steward_cost_usd", "Cost in US dollars by provider and model",
                             ["provider", "model"], registry=r)
-        r.register(_Gauges(gauges))
+        self.read_gauges = gauges
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
+        self._shared_gauges: dict[str, Gauge] = {}
+        if self.multiprocess:
+            self.registry = CollectorRegistry()  # what a scrape shows: every worker's files
+            multiprocess.MultiProcessCollector(self.registry)
+        else:
+            r.register(_Gauges(gauges))
+
+    def publish_gauges(self) -> None:
+        """Several workers: write this worker's gauges where every worker's scrape sees them."""
+        if not self.multiprocess:
+            return
+        for name, value in self.read_gauges().items():
+            gauge = self._shared_gauges.get(name)
+            if gauge is None:
+                gauge = self._shared_gauges[name] = Gauge(
+                    f"steward_{name}", name.replace("_", " "), registry=None,
+                    multiprocess_mode="livesum")
+            gauge.set(value)
+
+    def worker_exiting(self) -> None:
+        """Drop this worker's gauges from the sums (its counters stay counted)."""
+        if self.multiprocess:
+            multiprocess.mark_process_dead(os.getpid())
 
     def observe(self, record: dict[str, Any]) -> None:
         provider = record.get("provider") or "none"
@@ -65,4 +100,5 @@ class Metrics:
             self.cost.labels(provider, model).inc(float(Decimal(record["cost"])))
 
     def render(self) -> bytes:
+        self.publish_gauges()  # this worker's are current; the others' a few seconds old
         return generate_latest(self.registry)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 
 from hypercorn.config import Config as HypercornConfig
@@ -13,6 +14,7 @@ from hypercorn.config import Sockets
 from .app import create_app
 from .config import Config
 from .errors import StewardError
+from .metrics import MULTIPROCESS_DIR
 
 log = logging.getLogger("steward")
 
@@ -95,6 +97,12 @@ def serve(config: Config) -> None:
     for sock in sockets.insecure_sockets:
         sock.close()
     os.environ["STEWARD_HOME"] = str(config.home)
+    # Metrics shared by the workers (they start after this, so they all see it); a new run
+    # starts from zero, as a restarted single process does.
+    shared = config.home / "metrics"
+    shutil.rmtree(shared, ignore_errors=True)
+    shared.mkdir(mode=0o700)
+    os.environ[MULTIPROCESS_DIR] = str(shared)
     code = run(hc)
     if code != 0:
         raise StewardError(f"a worker exited with status {code}; see the log above")

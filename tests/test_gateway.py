@@ -137,6 +137,13 @@ def test_two_workers_serve_and_each_spools(fresh_home: tuple[Path, str],
                                   headers={"X-Majordomo-Key": key, "Connection": "close",
                                            "Authorization": "Bearer sk-caller"})
                 assert got.status_code == 200
+        # Whichever worker answers a scrape, it counts both workers' requests.
+        for _ in range(6):
+            text = httpx.get(running.admin_url + "/metrics", timeout=10,
+                             headers={"Connection": "close"}).text
+            served = sum(float(line.split()[-1]) for line in text.splitlines()
+                         if line.startswith("steward_requests_total{"))
+            assert served == 40, text[:2000]
     finally:
         assert running.stop() == 0
     records = running.records()
