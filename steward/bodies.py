@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from .files import write_atomic
 from .storage import BodyStore
+from .wakeup import sleep_or_wake
 
 log = logging.getLogger("steward.bodies")
 
@@ -166,6 +167,7 @@ class BodyWriter:
         self.last_error: str | None = None
         self.held: list[tuple[str, bytes]] = []  # neither uploaded nor on disk yet
         self.held_bytes = 0
+        self.pending_count = 0  # files in pending-bodies/, as of the drain loop's last look
         self._tasks: list[asyncio.Task[None]] = []  # the workers
         self._background: list[asyncio.Task[None]] = []  # draining and flushing
         self._wake_drain = asyncio.Event()
@@ -192,7 +194,9 @@ class BodyWriter:
         if self.queued_bytes + self.held_bytes + capture.size > self.queue_bytes:
             async with self._building(capture):
                 data, stored = await asyncio.to_thread(self._spill_capture, capture)
-            if not stored:
+            if stored:
+                self._spilled()
+            else:
                 await self._keep(capture.key, data)
             return
         self.queued_bytes += capture.size
@@ -231,8 +235,12 @@ class BodyWriter:
         except OSError as exc:
             log.error("could not flush stored bodies to disk: %s", exc)
 
-    def pending(self) -> int:
-        return sum(1 for _ in self.pending_dir.glob(f"*{PENDING_SUFFIX}"))
+    def _list_pending(self) -> list[str]:
+        """Spilled bodies, oldest first (in a worker thread: a directory can be large)."""
+        try:
+            return sorted(p.name for p in self.pending_dir.glob(f"*{PENDING_SUFFIX}"))
+        except OSError:
+            return []
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -297,14 +305,25 @@ class BodyWriter:
         except OSError as exc:
             self.last_error = f"local disk: {exc}"
             return False
+        return True
+
+    def _spilled(self) -> None:
+        """On the loop, after a spill: count it and wake the drain (an asyncio.Event must not
+        be set from a worker thread)."""
         self.spilled += 1
+        self.pending_count += 1
         self._wake_drain.set()
+
+    async def _spill_now(self, key: str, data: bytes) -> bool:
+        if not await asyncio.to_thread(self._spill, key, data):
+            return False
+        self._spilled()
         return True
 
     async def _keep(self, key: str, data: bytes) -> None:
         """To disk; if the disk refuses, into memory (loudly) for the drain loop to retry.
         The request has succeeded either way."""
-        if await asyncio.to_thread(self._spill, key, data):
+        if await self._spill_now(key, data):
             return
         if self.held_bytes + self.queued_bytes + len(data) > self.queue_bytes:
             self.lost += 1
@@ -324,7 +343,7 @@ class BodyWriter:
         while self.held:
             key, data = self.held[0]
             if (not await self._upload(key, data, attempts=1, quiet=True)
-                    and not await asyncio.to_thread(self._spill, key, data)):
+                    and not await self._spill_now(key, data)):
                 return True
             self.held.pop(0)
             self.held_bytes -= len(data)
@@ -337,30 +356,30 @@ class BodyWriter:
         delay = 1.0
         while True:
             held = await self._retry_held()
-            try:
-                names = sorted(p.name for p in self.pending_dir.glob(f"*{PENDING_SUFFIX}"))
-            except OSError:
-                names = []
+            names = await asyncio.to_thread(self._list_pending)  # never glob on the loop
+            self.pending_count = len(names)
             progressed = False
             for name in names:
                 path = self.pending_dir / name
                 try:
                     data = await asyncio.to_thread(path.read_bytes)
-                except FileNotFoundError:
-                    continue
+                except OSError:
+                    continue  # gone (another worker sent it) or unreadable: next one
                 if not await self._upload(name.replace("__", "/"), data, attempts=1,
                                           quiet=True):
                     break
-                await asyncio.to_thread(path.unlink, True)
+                try:
+                    await asyncio.to_thread(path.unlink, True)
+                except OSError as exc:  # stored; re-sending it later is harmless
+                    log.error("could not remove uploaded body %s: %s", path, exc)
+                self.pending_count -= 1
                 progressed = True
             delay = 1.0 if progressed or held or not names else min(delay * 2, 30.0)
-            self._wake_drain.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_drain.wait(), delay)
+            await sleep_or_wake(self._wake_drain, delay)
 
     def status(self) -> dict[str, Any]:
         return {"queued": self.queue.qsize(), "queued_bytes": self.queued_bytes,
-                "pending": self.pending(), "uploaded": self.uploaded, "spilled": self.spilled,
+                "pending": self.pending_count, "uploaded": self.uploaded, "spilled": self.spilled,
                 "failures": self.failures, "failing": self.failing,
                 "last_error": self.last_error,
                 "held": len(self.held), "held_bytes": self.held_bytes, "lost": self.lost,

@@ -28,6 +28,7 @@ import httpx
 
 from .files import write_atomic
 from .spool import SEGMENT_SUFFIX, segment_writer_alive
+from .wakeup import sleep_or_wake
 
 log = logging.getLogger("steward.upload")
 
@@ -181,9 +182,7 @@ class Uploader:
             return False
 
     async def _sleep(self, seconds: float) -> None:
-        self.wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), seconds)
+        await sleep_or_wake(self.wake, seconds)
 
     def _try_lock(self) -> bool:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,11 @@ EXPECTED = [(b"first", b'{"a": 1}'), (b"message", b"line one\nline two"),
             (b"third", b"x"), (b"message", b"[DONE]")]
 
 
+def fed(parser: SSEParser | JsonArrayScanner, pieces: list[bytes]) -> list:
+    """Everything one parser yields for the pieces, fed in order."""
+    return [out for piece in pieces for out in parser.feed(piece)]
+
+
 def splits(data: bytes, seed: int = 7) -> list[list[bytes]]:
     """Whole, one byte at a time, and random cuts."""
     rng = random.Random(seed)
@@ -32,9 +37,7 @@ def splits(data: bytes, seed: int = 7) -> list[list[bytes]]:
 
 @pytest.mark.parametrize("pieces", splits(STREAM))
 def test_sse_any_split(pieces: list[bytes]) -> None:
-    parser = SSEParser()
-    events = [event for piece in pieces for event in parser.feed(piece)]
-    assert events == EXPECTED
+    assert fed(SSEParser(), pieces) == EXPECTED
 
 
 def test_sse_event_without_blank_line_is_not_dispatched() -> None:
@@ -47,9 +50,7 @@ ARRAY = ("[" + ",\r\n".join(json.dumps(e) for e in ARRAY_ELEMENTS) + "]").encode
 
 @pytest.mark.parametrize("pieces", splits(ARRAY))
 def test_json_array_any_split(pieces: list[bytes]) -> None:
-    scanner = JsonArrayScanner()
-    elements = [json.loads(e) for piece in pieces for e in scanner.feed(piece)]
-    assert elements == ARRAY_ELEMENTS
+    assert [json.loads(e) for e in fed(JsonArrayScanner(), pieces)] == ARRAY_ELEMENTS
 
 
 def test_json_array_buffers_only_the_current_element() -> None:
@@ -85,8 +86,7 @@ ARRAY_ISH = st.lists(st.sampled_from([b"[", b"]", b"{", b"}", b'"', b"\\", b",",
 @given(split_bytes(SSE_ISH))
 def test_sse_any_bytes_any_split_same_events(case: tuple[bytes, list[bytes]]) -> None:
     whole, pieces = case
-    parser = SSEParser()
-    events = [event for piece in pieces for event in parser.feed(piece)]
+    events = fed(SSEParser(), pieces)
     assert events == SSEParser().feed(whole)
     assert all(isinstance(e, bytes) and isinstance(d, bytes) for e, d in events)
 
@@ -95,8 +95,7 @@ def test_sse_any_bytes_any_split_same_events(case: tuple[bytes, list[bytes]]) ->
 @given(split_bytes(ARRAY_ISH))
 def test_json_array_any_bytes_any_split_same_elements(case: tuple[bytes, list[bytes]]) -> None:
     whole, pieces = case
-    scanner = JsonArrayScanner()
-    elements = [e for piece in pieces for e in scanner.feed(piece)]
+    elements = fed(JsonArrayScanner(), pieces)
     assert elements == JsonArrayScanner().feed(whole)
     assert all(e[:1] in (b"{", b"[") for e in elements)
 
@@ -116,5 +115,4 @@ def test_json_array_of_objects_yields_each_exactly(objects: list[dict], data: st
     text = json.dumps(objects, ensure_ascii=data.draw(st.booleans()),
                       indent=data.draw(st.none() | st.integers(0, 2))).encode()
     _, pieces = data.draw(split_bytes(st.just(text)))
-    scanner = JsonArrayScanner()
-    assert [json.loads(e) for piece in pieces for e in scanner.feed(piece)] == objects
+    assert [json.loads(e) for e in fed(JsonArrayScanner(), pieces)] == objects
