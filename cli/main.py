@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -128,6 +129,11 @@ def run(home: HomeOption = None,
 
     target = _home(home)
     config = with_server(load_config(target), host=host, port=port, workers=workers)
+    # Kept as the environment overrides they are, so every worker and every reload loads the
+    # same [server] as this start did.
+    for name, given in (("host", host), ("port", port), ("workers", workers)):
+        if given is not None:
+            os.environ[f"STEWARD_SERVER__{name.upper()}"] = str(given)
     with _db(target) as conn:
         _vault(target, conn)  # fail now, in one line, if the master key is missing or wrong
     configure_logging(config.server.log_format)
@@ -361,6 +367,8 @@ def spool_status(home: HomeOption = None, as_json: JsonOption = False) -> None:
         return
     table = Table("", "", show_header=False, box=None)
     table.add_row("upload to", status["upload_url"] or "nowhere (records stay local)")
+    table.add_row("uploader", f"pid {status['uploader_pid']}" if status["uploader_pid"]
+                  else "none (no running gateway holds spool/uploader.lock)")
     table.add_row("pending records", str(status["pending_records"]))
     table.add_row("oldest pending", status["oldest_pending"] or "-")
     table.add_row("last success", _when(status["last_success_at"]))

@@ -19,8 +19,7 @@ from .proxy import Receive, Scope, Send
 
 
 def create_app(config: Config | None = None) -> Any:
-    """Also the Hypercorn application path for multi-worker runs (`steward.app:create_app()`),
-    where each worker reads the home from $STEWARD_HOME."""
+    """The ASGI app for one worker; without a config, the home's ($STEWARD_HOME or default)."""
     if config is None:
         config = load_config(require_home(resolve_home(None)))
     gateway = Gateway(config)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import time
 from contextlib import suppress
 from typing import Any
 
@@ -22,20 +23,23 @@ from .errors import StewardError
 from .gateway_keys import KeyIndex
 from .home import DB_FILE
 from .metrics import Metrics
-from .notify import notify
 from .pricing import Pricer
 from .provider_keys import CredentialIndex
 from .proxy import Proxy
 from .routing import Router
 from .spool import Spool
 from .storage import open_store
+from .supervisor import InProcessReporter, Reporter
 from .upload import Uploader
 from .upload_formats import UPLOAD_TOKEN, make_uploader
 from .upstream import make_session
 
 log = logging.getLogger("steward")
 
-KEY_REFRESH_SECONDS = 2.0  # adds, revokes and expiries are seen within this (the promise is 5 s)
+# Adds, revokes and expiries are seen within this (the promise is 5 s). Tests that must tell a
+# SIGHUP's reload from the poll's set STEWARD_KEY_REFRESH_SECONDS to something long.
+KEY_REFRESH_SECONDS = float(os.environ.get("STEWARD_KEY_REFRESH_SECONDS", "2"))
+GAUGE_PUBLISH_SECONDS = 5.0  # several workers: how old another worker's gauges may be
 
 
 class Gateway:
@@ -59,6 +63,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics = Metrics(self.gauges)
         self.ready = False
+        self.reporter: Reporter = InProcessReporter()  # a worker of several gets its own
 
     async def start(self) -> None:
         allocator.tune()
@@ -87,23 +92,23 @@ class Gateway:
         self._tasks = [asyncio.create_task(self._keep_keys_fresh()),
                        asyncio.create_task(self.spool.run_fsync()),
                        asyncio.create_task(self.spool.run_retry())]
-        self._tasks.append(asyncio.create_task(self._tell_systemd()))
+        self._tasks.append(asyncio.create_task(self._report()))
         if self.config.pricing.refresh_interval > 0:
             self._tasks.append(asyncio.create_task(self._refresh_prices()))
         if self.config.metadata.upload_url:
             token = await asyncio.to_thread(provider_keys.get_secret, self._db, self._vault,
                                             UPLOAD_TOKEN)
-            self.uploader = make_uploader(self.config, token)
-            self._upload_task = asyncio.create_task(self.uploader.run())
-            self._tasks.append(self._upload_task)
+            self._start_uploader(self.config, token)
         self.ready = True
-        notify("READY=1")  # the listener is bound before start-up begins
+        # The listener is bound before start-up begins; this says "serving" (READY=1 once
+        # every worker has said it).
+        self.reporter.beat(self.gauges())
 
 
     async def stop(self) -> None:
         """After in-flight requests have drained: flush bodies, the spool and key usage."""
         self.ready = False
-        notify("STOPPING=1")
+        self.reporter.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -174,6 +179,9 @@ class Gateway:
                 "bodies_held_in_memory": bodies.get("held", 0),
                 "bodies_lost": bodies.get("lost", 0),
                 "spool_backlog_bytes": upload.get("backlog_bytes", 0),
+                # 1 in the one worker that holds spool/uploader.lock: the sum is 1 when uploads
+                # run, 0 when an upload URL is set and nobody could take the lock.
+                "metadata_uploader_active": 1 if upload.get("lock_held") else 0,
                 "metadata_upload_failures": upload.get("failures", 0)}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -191,20 +199,36 @@ class Gateway:
         return self.ready, {"ready": self.ready, "degraded": degraded, "bodies": bodies,
                             "upload": upload, "spool": spool}
 
-    async def _tell_systemd(self) -> None:
-        """WATCHDOG=1 at half of $WATCHDOG_USEC, and a STATUS= line systemctl shows."""
-        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        period = usec / 2e6 if usec else 5.0
+    def _start_uploader(self, config: Config, token: str | None) -> None:
+        self.uploader = make_uploader(config, token)
+        self._upload_task = asyncio.create_task(self.uploader.run())
+        self._tasks.append(self._upload_task)
+
+    async def _stop_uploader(self) -> None:
+        if self.uploader is None:
+            return
+        self._upload_task.cancel()
+        with suppress(asyncio.CancelledError):
+            await self._upload_task
+        self._tasks.remove(self._upload_task)
+        self.uploader = None
+
+    async def _report(self) -> None:
+        """Every interval, from this event loop: "still answering", with this worker's figures
+        (systemd's watchdog depends on it); shared metric gauges every few seconds."""
+        published = 0.0
         while True:
-            if usec:
-                notify("WATCHDOG=1")
-            g = self.gauges()
-            self.metrics.publish_gauges()
-            notify(f"STATUS=serving; {int(g['requests_served'])} requests; "
-                   f"{int(g['body_queue_depth'])} bodies queued, "
-                   f"{int(g['bodies_pending_on_disk'])} on disk; "
-                   f"spool backlog {int(g['spool_backlog_bytes'])} bytes")
-            await asyncio.sleep(min(period, 5.0))
+            await asyncio.sleep(self.reporter.interval)
+            self.reporter.beat(self.gauges())
+            now = time.monotonic()
+            if now - published >= GAUGE_PUBLISH_SECONDS:
+                self.metrics.publish_gauges()
+                published = now
+
+    def draining(self) -> None:
+        """SIGTERM: streams cut from now on are cut by the drain."""
+        if self.proxy is not None:
+            self.proxy.draining = self.config.server.drain_timeout
 
     async def reload(self) -> None:
         """SIGHUP: re-read steward.toml, keys, provider keys and prices; keep connections."""
@@ -215,25 +239,18 @@ class Gateway:
             return
         old = self.config
         if new.providers != old.providers or new.limits != old.limits:
-            retired = self.sessions
             self.router = Router(new.providers)
             self.sessions = {name: make_session(new.limits) for name in self.router.upstreams}
             if self.proxy is not None:
+                # Requests from now on use the new pools; each old pool closes when the last
+                # request using it ends, so a stream in flight runs on undisturbed.
                 self.proxy.configure(self.router, self.sessions, new.limits)
-            # In-flight requests hold their own session; close the old ones once they are done.
-            asyncio.get_running_loop().call_later(
-                new.server.drain_timeout + new.limits.read_timeout,
-                lambda: [asyncio.ensure_future(s.close()) for s in retired.values()])
         if new.metadata != old.metadata and self._db is not None:
-            if self.uploader is not None:
-                self._upload_task.cancel()
-                self.uploader = None
+            await self._stop_uploader()  # releases spool/uploader.lock for the new one
             if new.metadata.upload_url:
                 token = await asyncio.to_thread(provider_keys.get_secret, self._db,
                                                 self._vault, UPLOAD_TOKEN)
-                self.uploader = make_uploader(new, token)
-                self._upload_task = asyncio.create_task(self.uploader.run())
-                self._tasks.append(self._upload_task)
+                self._start_uploader(new, token)
         for section in ("server", "bodies"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("[%s] changed: restart Steward to apply it", section)

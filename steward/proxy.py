@@ -56,19 +56,30 @@ class Proxy:
                  bodies: BodyWriter | None, metrics: Metrics, limits: LimitsConfig):
         self.bodies = bodies
         self.metrics = metrics
-        self.key_slots: dict[str, Limiter] = {}
+        self.key_slots: dict[str, Limiter] = {}  # made anew by configure()
         self.pricer = pricer  # replaced whole when the table or overrides change
         self.keys = keys
         self.credentials = credentials
         self.spool = spool
         self.served = 0
         self.buffered_bytes = 0  # request bodies held right now, all requests together
+        self.draining = 0.0  # on SIGTERM, server.drain_timeout: a cut from now on is the drain's
+        self.sessions: dict[str, aiohttp.ClientSession] = {}
+        self._in_use: dict[aiohttp.ClientSession, int] = {}  # requests per pool, while > 0
+        self._closing: set[asyncio.Future[None]] = set()
         self.configure(router, sessions, limits)
 
     def configure(self, router: Router, sessions: dict[str, aiohttp.ClientSession],
                   limits: LimitsConfig) -> None:
-        """A reload: new upstreams and limits for requests that start from now on."""
+        """A reload: new upstreams and limits for requests that start from now on. An old pool
+        closes when its last request ends; old per-key limiters are released by the requests
+        holding them, and every key gets the new limit."""
+        retired = [s for s in self.sessions.values() if s not in sessions.values()]
         self.router, self.sessions, self.limits = router, sessions, limits
+        self.key_slots = {}
+        for session in retired:
+            if session not in self._in_use:
+                self._close(session)
         self.max_body_bytes = limits.max_body_bytes
         self.max_tags, self.max_tag_bytes = limits.max_tags, limits.max_tag_bytes
         self.provider_slots = {name: Limiter(limits.max_concurrent_per_provider,
@@ -289,6 +300,8 @@ class Proxy:
                               ex.query)
         task = asyncio.current_task()
         assert task is not None
+        session = self.sessions[upstream.name]
+        self._in_use[session] = self._in_use.get(session, 0) + 1
         watcher = asyncio.ensure_future(receive())
         watcher.add_done_callback(lambda w: _on_disconnect(w, ex, task))
         response = None
@@ -298,7 +311,7 @@ class Proxy:
                 # rescheduled after every chunk (stream_idle_timeout, max_stream_duration).
                 try:
                     async with asyncio.timeout(self.limits.read_timeout) as deadline:
-                        response = await self.sessions[upstream.name].request(
+                        response = await session.request(
                             ex.method, URL(target, encoded=True), **_body_args(headers, body),
                             allow_redirects=False)
                         await self._relay(ex, response, send, deadline)
@@ -322,17 +335,37 @@ class Proxy:
                     raise GatewayError(502, f"cannot reach {upstream.name} at "
                                        f"{upstream.base_url}: {exc.__class__.__name__}") from None
         except asyncio.CancelledError:
+            if ex.meter is not None and ex.reading is None:
+                ex.reading = ex.meter.finish()  # record the usage seen before the cut
             if not ex.client_gone:
+                ex.error = ex.error or (
+                    "cut by Steward's shutdown: still running when server.drain_timeout "
+                    f"({self.draining:g}s) ran out" if self.draining
+                    else "cancelled inside Steward")
+                await self._account(ex)
                 raise
             task.uncancel()
             ex.error = ex.error or "client disconnected"
             ex.status = ex.status or 499
-            if ex.meter is not None and ex.reading is None:
-                ex.reading = ex.meter.finish()  # record the usage seen before the disconnect
         finally:
             watcher.cancel()
             if response is not None:
                 response.close()
+            self._release(session)
+
+    def _release(self, session: aiohttp.ClientSession) -> None:
+        left = self._in_use[session] - 1
+        if left:
+            self._in_use[session] = left
+            return
+        del self._in_use[session]
+        if session not in self.sessions.values():  # retired by a reload while in use
+            self._close(session)
+
+    def _close(self, session: aiohttp.ClientSession) -> None:
+        task = asyncio.ensure_future(session.close())
+        self._closing.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._closing.discard)
 
     def _cut_reason(self, ex: Exchange) -> str:
         # Same clock as the deadline that fired: the loop's.

@@ -15,6 +15,7 @@ from .app import create_app
 from .config import Config
 from .errors import StewardError
 from .metrics import MULTIPROCESS_DIR
+from .supervisor import STOP_WORKER, InProcessReporter, Reporter, Supervisor
 
 log = logging.getLogger("steward")
 
@@ -30,7 +31,6 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     if server.admin_port:
         hc.bind.append(_address(server.admin_host, server.admin_port))
     hc.worker_class = "uvloop"
-    hc.workers = config.server.workers
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.graceful_timeout = config.server.drain_timeout
@@ -40,7 +40,6 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.keep_alive_timeout = limits.client_timeout
     # Let oversized headers reach Steward, which answers 431 in the provider's shape.
     hc.h11_max_incomplete_size = limits.max_header_bytes + limits.max_url_bytes + 16 * 1024
-    hc.application_path = "steward.app:create_app()"
     return hc
 
 
@@ -58,51 +57,77 @@ def listen(hc: HypercornConfig) -> Sockets:
     return sockets
 
 
-async def _serve_one(config: Config, hc: HypercornConfig, sockets: Sockets) -> None:
-    """SIGTERM/SIGINT drain gracefully (a second one exits at once); SIGHUP reloads."""
+async def serve_worker(config: Config, hc: HypercornConfig, sockets: Sockets,
+                       reporter: Reporter) -> None:
+    """Serve until SIGTERM (and, alone in the main process, SIGINT): drain gracefully, and a
+    second signal exits at once. SIGHUP reloads."""
     from hypercorn.asyncio.run import worker_serve
     from hypercorn.utils import wrap_app
 
     asgi = create_app(config)
     gateway = asgi.gateway
+    gateway.reporter = reporter
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
 
-    def on_stop(signame: str) -> None:
+    def on_stop(reason: str) -> None:
         if stopping.is_set():
-            log.warning("second %s: exiting now without draining", signame)
+            log.warning("second %s: exiting now without draining", reason)
             os._exit(1)
+        reporter.stop()  # STOPPING=1 the moment the signal arrives, before the drain
+        gateway.draining()
         log.info("%s: no new connections; draining in-flight requests for up to %gs",
-                 signame, config.server.drain_timeout)
+                 reason, config.server.drain_timeout)
         stopping.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_stop, sig.name)
+    if isinstance(reporter, InProcessReporter):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_stop, sig.name)
+    else:
+        # A worker stops when the main process says so (STOP_WORKER), never on a SIGTERM or
+        # SIGINT sent to the whole group (systemd's KillMode=control-group, Ctrl-C, timeout):
+        # worker_main ignores those, and the main process turns them into one orderly drain.
+        # An orphan drains too.
+        loop.add_signal_handler(STOP_WORKER, on_stop, "stop from the main process")
+        parent = os.getppid()
+
+        async def watch_parent() -> None:
+            while os.getppid() == parent:
+                await asyncio.sleep(1.0)
+            log.error("the main process (pid %d) is gone: draining and exiting", parent)
+            on_stop("orphaned")
+
+        orphan_watch = asyncio.ensure_future(watch_parent())
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gateway.reload()))
-    await worker_serve(wrap_app(asgi, hc.wsgi_max_body_size, "asgi"), hc, sockets=sockets,
-                       shutdown_trigger=stopping.wait)
+    try:
+        await worker_serve(wrap_app(asgi, hc.wsgi_max_body_size, "asgi"), hc, sockets=sockets,
+                           shutdown_trigger=stopping.wait)
+    finally:
+        if not isinstance(reporter, InProcessReporter):
+            orphan_watch.cancel()
 
 
 def serve(config: Config) -> None:
-    """Block serving until SIGINT/SIGTERM."""
+    """Block serving until SIGINT/SIGTERM. One worker serves in this process; several are
+    child processes of a supervisor that alone speaks to systemd."""
     hc = hypercorn_config(config)
     sockets = listen(hc)
     if config.server.workers == 1:
         import uvloop
 
-        uvloop.run(_serve_one(config, hc, sockets))
+        uvloop.run(serve_worker(config, hc, sockets, InProcessReporter()))
         return
-    from hypercorn.run import run
-
-    for sock in sockets.insecure_sockets:
-        sock.close()
-    os.environ["STEWARD_HOME"] = str(config.home)
     # Metrics shared by the workers (they start after this, so they all see it); a new run
     # starts from zero, as a restarted single process does.
     shared = config.home / "metrics"
     shutil.rmtree(shared, ignore_errors=True)
     shared.mkdir(mode=0o700)
     os.environ[MULTIPROCESS_DIR] = str(shared)
-    code = run(hc)
+    try:
+        code = Supervisor(config, hc, sockets).run()
+    finally:
+        for sock in sockets.insecure_sockets:
+            sock.close()
     if code != 0:
-        raise StewardError(f"a worker exited with status {code}; see the log above")
+        raise StewardError(f"Steward stopped with status {code}: a worker failed; see the log "
+                           "lines above")

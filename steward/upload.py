@@ -153,18 +153,23 @@ class Uploader:
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Upload while holding the lock; another worker takes over if this one dies."""
+        """Upload while holding the lock; another worker takes over if this one dies, and a
+        reload's new uploader takes over from the old one, which releases the lock here."""
         try:
-            while not await self._locked():
-                self.idle.set()
-                await self._sleep(self.interval)
+            await self._wait_for_lock()
+            housekept = 0.0
             while True:
                 try:
                     delay = await self.step()
+                    idle = delay is None
                     if delay is None:
                         self.idle.set()
-                        await asyncio.to_thread(self.cleanup)
                         delay = self.interval
+                    # Retention and the backlog alarm under sustained load too, not only once
+                    # everything is uploaded: at most once an interval while busy.
+                    if idle or time.monotonic() - housekept >= self.interval:
+                        await asyncio.to_thread(self.cleanup)
+                        housekept = time.monotonic()
                 except OSError as exc:  # the spool's disk: full, read-only, failing
                     log.error("metadata upload paused: cannot use the spool in %s (%s); "
                               "retrying in %gs", self.directory, exc, self.interval)
@@ -172,7 +177,28 @@ class Uploader:
                     delay = self.interval
                 await self._sleep(delay)
         finally:
+            self.status["lock_held"] = False
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)  # closing releases the flock
+                self._lock_fd = -1
             await self.client.aclose()
+
+    async def _wait_for_lock(self) -> None:
+        """Several workers share one spool: the one holding the lock uploads. Waiting is said
+        once in the log (with the holder's pid), and shown in status and /metrics."""
+        said = False
+        self.status["lock_held"] = False
+        while not await self._locked():
+            if not said:
+                log.info("metadata upload: %s is held by pid %s; uploading from here when "
+                         "it is released", self.directory / LOCK_FILE,
+                         lock_holder(self.directory) or "?")
+                said = True
+            self.idle.set()
+            await self._sleep(self.interval)
+        self.status["lock_held"] = True
+        if said:
+            log.info("metadata upload: took over %s", self.directory / LOCK_FILE)
 
     async def _locked(self) -> bool:
         try:
@@ -192,6 +218,8 @@ class Uploader:
         except BlockingIOError:
             os.close(fd)
             return False
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for spool status
         self._lock_fd = fd
         return True
 
@@ -296,10 +324,16 @@ class Uploader:
         if changed and cursor.inflight is None:
             cursor.save(self.directory)
         self.status["backlog_bytes"] = backlog
-        if backlog > self.max_spool_bytes:
-            log.error("metadata backlog is %d bytes, over metadata.max_spool_bytes (%d): the "
-                      "upload endpoint is not keeping up; no record is dropped", backlog,
-                      self.max_spool_bytes)
+        over = backlog > self.max_spool_bytes
+        if over != self.status.get("backlog_over_limit", False):
+            self.status["backlog_over_limit"] = over
+            if over:
+                log.error("metadata backlog is %d bytes, over metadata.max_spool_bytes (%d): "
+                          "the upload endpoint is not keeping up; no record is dropped",
+                          backlog, self.max_spool_bytes)
+            else:
+                log.info("metadata backlog is %d bytes, back under metadata.max_spool_bytes "
+                         "(%d)", backlog, self.max_spool_bytes)
 
 
 def backlog(directory: Path) -> dict[str, Any]:
@@ -323,11 +357,21 @@ def backlog(directory: Path) -> dict[str, Any]:
         status = {}
     rejected = sorted((directory / REJECTED_DIR).glob(f"*{SEGMENT_SUFFIX}"))
     return {"pending_records": pending, "oldest_pending": oldest,
+            "uploader_pid": None if lock_is_free(directory) else lock_holder(directory),
             "in_flight": cursor.inflight.key if cursor.inflight else None,
             "last_success_at": status.get("last_success_at"),
             "last_attempt_at": status.get("last_attempt_at"),
             "last_status": status.get("last_status"), "last_error": status.get("last_error"),
             "rejected_batches": len(rejected), "rejected_dir": str(directory / REJECTED_DIR)}
+
+
+def lock_holder(directory: Path) -> int | None:
+    """The pid that last took the uploader lock (it may have exited since)."""
+    try:
+        text = (directory / LOCK_FILE).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def lock_is_free(directory: Path) -> bool:

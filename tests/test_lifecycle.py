@@ -101,23 +101,35 @@ def test_second_sigterm_exits_at_once(daemon: tuple[Daemon, str],
     stalled.join(30)
 
 
-def test_sighup_reloads_keys_prices_and_providers(daemon: tuple[Daemon, str],
+def test_sighup_reloads_keys_prices_and_providers(fresh_home: tuple[Path, str],
                                                  upstream: FakeUpstream) -> None:
-    running, _ = daemon
-    added = json.loads(cli("keys", "add", "after-hup", "--json", home=running.home).stdout)
-    cli("pricing", "set", "gpt-4o-2024-08-06", "--input", "1", "--output", "1",
-        home=running.home)
-    cli("config", "set", "providers.other.base_url", upstream.url + "/other/v1",
-        home=running.home)
-    assert running.process is not None
-    running.process.send_signal(signal.SIGHUP)
-    wait_for(lambda: "reloaded" in running.log(), 10, "the reload")
-    got = httpx.post(running.url + "/v1/chat/completions", json={"model": "gpt-4o"},
-                     headers={"X-Majordomo-Key": added["key"], "Authorization": "Bearer sk",
-                              "X-Majordomo-Provider": "other"})
-    assert got.status_code == 200 and upstream.last().path == "/other/v1/chat/completions"
-    record = running.records()[-1]
-    assert record["cost"] == "0.000037" and record["pricing_status"] == "override"
+    home, _ = fresh_home
+    # The 2 s poll would pick keys and prices up by itself: here only the SIGHUP can.
+    running = Daemon(home, env={**provider_env(upstream.url),
+                                "STEWARD_KEY_REFRESH_SECONDS": "3600"}).start()
+    try:
+        added = json.loads(cli("keys", "add", "after-hup", "--json", home=home).stdout)
+        cli("pricing", "set", "gpt-4o-2024-08-06", "--input", "1", "--output", "1", home=home)
+        cli("config", "set", "providers.other.base_url", upstream.url + "/other/v1",
+            home=home)
+        headers = {"X-Majordomo-Key": added["key"], "Authorization": "Bearer sk",
+                   "X-Majordomo-Provider": "other"}
+        before = httpx.post(running.url + "/v1/chat/completions", json={"model": "gpt-4o"},
+                            headers={**headers, "X-Majordomo-Provider": "openai"})
+        assert before.status_code == 401  # the key is not known until the reload
+        unknown = httpx.post(running.url + "/v1/chat/completions", json={"model": "gpt-4o"},
+                             headers=headers)
+        assert unknown.status_code == 400  # nor is the provider
+        assert running.process is not None
+        running.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded" in running.log(), 10, "the reload")
+        got = httpx.post(running.url + "/v1/chat/completions", json={"model": "gpt-4o"},
+                         headers=headers)
+        assert got.status_code == 200 and upstream.last().path == "/other/v1/chat/completions"
+        record = running.records()[-1]
+        assert record["cost"] == "0.000037" and record["pricing_status"] == "override"
+    finally:
+        running.stop()
 
 
 def test_bad_config_on_sighup_keeps_the_running_one(daemon: tuple[Daemon, str]) -> None:

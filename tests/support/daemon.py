@@ -6,9 +6,11 @@ import contextlib
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,7 @@ class Daemon:
     prefix: tuple[str, ...] = ()  # e.g. ("taskset", "-c", "1") for the benchmark
     executable: str = STEWARD
     notifications: list[str] = field(default_factory=list)
+    senders: list[int] = field(default_factory=list)  # the pid that sent each notification
     warm_log_offset: int = 0
     log_file: Path | None = None  # default: <home>/daemon.log
     notify: socket.socket = field(init=False, repr=False)
@@ -87,6 +90,9 @@ class Daemon:
         self._notify_dir = tempfile.mkdtemp(prefix="steward-notify-")
         notify_path = os.path.join(self._notify_dir, "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        # The kernel attaches the sender's pid to each datagram, as it does for systemd, which
+        # drops any not from the main pid (NotifyAccess=main).
+        self.notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.notify.bind(notify_path)
         env = {**os.environ, **self.env, "NOTIFY_SOCKET": notify_path, "PYTHONUNBUFFERED": "1",
                "STEWARD_SERVER__ADMIN_PORT": str(self.admin_port)}
@@ -101,15 +107,30 @@ class Daemon:
         return self
 
     def wait_for_notification(self, wanted: str, timeout: float = 30.0) -> bool:
-        self.notify.settimeout(timeout)
+        deadline = time.monotonic() + timeout
         try:
             while True:
-                message = self.notify.recv(4096).decode()
-                self.notifications.append(message)
-                if wanted in message:
+                self.notify.settimeout(max(deadline - time.monotonic(), 0.001))
+                if wanted in self._receive():
                     return True
         except TimeoutError:
             return False
+
+    def drain_notifications(self) -> None:
+        """Read what has been sent so far, without waiting."""
+        self.notify.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self._receive()
+
+    def _receive(self) -> str:
+        data, ancillary, _, _ = self.notify.recvmsg(4096, socket.CMSG_SPACE(12))
+        pid = next(struct.unpack("iII", cmsg_data[:12])[0] for level, kind, cmsg_data
+                   in ancillary if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS)
+        message = data.decode()
+        self.notifications.append(message)
+        self.senders.append(pid)
+        return message
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -126,13 +147,17 @@ class Daemon:
                 self.process.wait(10)
         code = self.process.returncode
         self.process = None
-        self.notify.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            while True:  # keep what it said on the way out (STOPPING=1)
-                self.notifications.append(self.notify.recv(4096).decode())
+        self.drain_notifications()  # keep what it said on the way out (STOPPING=1)
         self.notify.close()
         shutil.rmtree(self._notify_dir, ignore_errors=True)
         return code
+
+    def workers(self) -> list[int]:
+        """Worker process pids (several workers); empty when one process serves."""
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
     def records(self) -> list[dict[str, Any]]:
         return read_records(self.home / "spool")
