@@ -4,6 +4,8 @@ client disconnects."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -131,11 +133,18 @@ def test_two_workers_serve_and_each_spools(fresh_home: tuple[Path, str],
     home, key = fresh_home
     running = Daemon(home, env=provider_env(upstream.url), args=("--workers", "2")).start()
     try:
+        workers = running.workers()
         with httpx.Client(base_url=running.url, timeout=30) as client:
-            for _ in range(40):
-                got = client.post("/v1/chat/completions", json=BODY,
-                                  headers={"X-Majordomo-Key": key, "Connection": "close",
-                                           "Authorization": "Bearer sk-caller"})
+            for index in range(40):
+                # Each worker in turn is paused, so the other one accepts: both serve.
+                paused = workers[index // 20]
+                os.kill(paused, signal.SIGSTOP)
+                try:
+                    got = client.post("/v1/chat/completions", json=BODY,
+                                      headers={"X-Majordomo-Key": key, "Connection": "close",
+                                               "Authorization": "Bearer sk-caller"})
+                finally:
+                    os.kill(paused, signal.SIGCONT)
                 assert got.status_code == 200
         # Whichever worker answers a scrape, it counts both workers' requests.
         for _ in range(6):
@@ -148,4 +157,5 @@ def test_two_workers_serve_and_each_spools(fresh_home: tuple[Path, str],
         assert running.stop() == 0
     records = running.records()
     assert len(records) == 40 and all(r["input_tokens"] == 25 for r in records)
-    assert len({p.name.split("-")[1] for p in (home / "spool").glob("*.ndjson")}) >= 1
+    spooled_by = {p.name.split("-")[1] for p in (home / "spool").glob("*.ndjson")}
+    assert spooled_by == {str(pid) for pid in workers}  # each worker its own segment
