@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from steward import db, gateway_keys, master_key, pricing, provider_keys
-from steward.bodies import BODIES_STATUS, PENDING_DIR, PENDING_SUFFIX
+from steward.bodies import BODIES_STATUS, PENDING_DIR, PENDING_SUFFIX, read_document
 from steward.bucket import CREDENTIALS, bucket_settings, probe, store_credentials
 from steward.config import effective_dict, load_config, parse_duration, set_value, with_server
 from steward.crypto import Vault
@@ -28,7 +28,7 @@ from steward.errors import StewardError
 from steward.home import DB_FILE, init_home, require_home, resolve_home
 from steward.logs import configure as configure_logging
 from steward.spool import read_records
-from steward.storage import open_store
+from steward.storage import LocalStore, open_store
 from steward.upload import backlog, lock_is_free
 from steward.upload_formats import UPLOAD_TOKEN, make_uploader
 from steward.usage_report import Group, parse_since, summarize
@@ -54,6 +54,8 @@ pricing_app = typer.Typer(no_args_is_help=True, help="Prices used to compute cos
 app.add_typer(pricing_app, name="pricing")
 bucket_app = typer.Typer(no_args_is_help=True, help="Where request and response bodies go.")
 app.add_typer(bucket_app, name="bucket")
+bodies_app = typer.Typer(no_args_is_help=True, help="Stored request and response bodies.")
+app.add_typer(bodies_app, name="bodies")
 
 
 class KeyStore(enum.StrEnum):
@@ -658,6 +660,56 @@ def bucket_status(home: HomeOption = None, as_json: JsonOption = False) -> None:
         return
     for key, value in status.items():
         out.print(f"{key}: {value if value is not None else '-'}", highlight=False)
+
+
+@bodies_app.command("get")
+def bodies_get(request_id: Annotated[str, typer.Argument(help="The request's id "
+                                                         "(X-Majordomo-Request-Id).")],
+               home: HomeOption = None,
+               raw: Annotated[bool, typer.Option(
+                   "--raw", help="The stored document as it is, not pretty-printed.")] = False,
+               ) -> None:
+    """Print one request's stored request and response (credentials already redacted)."""
+    target = _home(home)
+    document = read_document(target, _open_bucket(target), request_id)
+    if raw:
+        sys.stdout.buffer.write(document + b"\n")
+        return
+    data = json.loads(document)
+    for side in ("request", "response"):
+        part = data.get(side) or {}
+        if part.get("body_encoding") == "json" and isinstance(part.get("body"), str):
+            part["body"] = json.loads(part["body"])
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@bodies_app.command("du")
+def bodies_du(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Space used by the local bodies store, per day and gateway key."""
+    target = _home(home)
+    store = _open_bucket(target)
+    if not isinstance(store, LocalStore):
+        raise StewardError(f"bodies du reads the local store; bodies go to {store.url('')} "
+                           "(use the bucket's own storage metrics)")
+    rows = store.usage()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("day", "key", "files", "bytes", "on disk")
+    for row in rows:
+        table.add_row(row["day"], row["key"], str(row["files"]), _size(row["bytes"]),
+                      _size(row["disk_bytes"]))
+    table.add_row("total", "", str(sum(r["files"] for r in rows)),
+                  _size(sum(r["bytes"] for r in rows)), _size(sum(r["disk_bytes"] for r in rows)))
+    out.print(table)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 @app.command()

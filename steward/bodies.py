@@ -13,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import json
 import logging
 import random
 import time
+import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from .errors import StewardError
 from .files import write_atomic
 from .storage import BodyStore
 from .wakeup import sleep_or_wake
@@ -388,3 +391,49 @@ class BodyWriter:
     def write_status(self, home: Path) -> None:
         with contextlib.suppress(OSError):
             write_atomic(home / BODIES_STATUS, json.dumps(self.status()).encode())
+
+
+def find_key(home: Path, store: BodyStore, request_id: str) -> str | None:
+    """The object key of one request's body: from its metadata record's body_ref, or, for the
+    local store, by looking in the day its time-ordered id names (and the days beside it)."""
+    from .spool import read_records
+    from .storage import LocalStore
+
+    for record in read_records(home / "spool"):
+        if record.get("id") == request_id:
+            ref = record.get("body_ref")
+            return "/".join(ref.split("/")[-5:]) if ref else None
+    if not isinstance(store, LocalStore):
+        return None
+    try:
+        ms = uuid.UUID(request_id).int >> 80
+    except ValueError:
+        return None
+    day = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).date()
+    for when in (day, day - datetime.timedelta(days=1), day + datetime.timedelta(days=1)):
+        pattern = f"*/{when:%Y/%m/%d}/{request_id}.json.gz"
+        for path in store.root.glob(pattern):
+            return str(path.relative_to(store.root))
+    return None
+
+
+def read_document(home: Path, store: BodyStore, request_id: str) -> bytes:
+    """One request's body document, decompressed: still waiting in pending-bodies/, or stored."""
+    key = find_key(home, store, request_id)
+    if key is None:
+        raise StewardError(f"no body found for request {request_id}: no metadata record names "
+                           "it (records are kept for metadata.retention) and it is not in the "
+                           "local store")
+    pending = home / PENDING_DIR / key.replace("/", "__")
+    try:
+        data = pending.read_bytes()
+    except FileNotFoundError:
+        try:
+            data = store.get(key)
+        except Exception as exc:  # each store raises its own kinds of "not there"
+            raise StewardError(f"cannot read the body of {request_id} ({store.url(key)}): "
+                               f"{exc.__class__.__name__}: {exc}"[:400]) from None
+    try:
+        return zlib.decompress(data, 16 + zlib.MAX_WBITS)
+    except zlib.error as exc:
+        raise StewardError(f"the stored body of {request_id} is not gzip: {exc}") from None

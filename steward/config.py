@@ -81,6 +81,12 @@ def fsync_interval(policy: str) -> float | None:
     return 0.0 if policy == "always" else parse_duration(policy)
 
 
+def _parse_retention(value: Any) -> float:
+    if isinstance(value, str) and value.strip().lower() in ("off", "never", "forever"):
+        return 0.0
+    return parse_duration(value)
+
+
 def _fsync_policy(v: str) -> None:
     if v not in ("always", "never"):
         parse_duration(v)
@@ -166,6 +172,8 @@ class BodiesConfig:
     queue_bytes: int = field(default=256 * 1024**2, metadata={**SIZE, "check": _positive})
     # Local directory only: fsync each body ("always"), or flush all at an interval / "never".
     fsync: str = field(default="1s", metadata={"check": _fsync_policy})
+    # Local directory only: days of bodies older than this are deleted; 0 or "off" keeps all.
+    retention: float = field(default=30 * 86400.0, metadata={"parse": _parse_retention})
 
 
 def _upload_format(v: str) -> None:
@@ -485,6 +493,7 @@ DEFAULT_TOML = """\
 # workers = 4                  # parallel uploads
 # queue_bytes = "256MiB"       # bodies held in memory; beyond it they wait on local disk
 # fsync = "1s"                 # local directory: always (each body) | never | an interval
+# retention = "30d"            # local directory: delete days of bodies older; "off" keeps all
 
 [metadata]
 # upload_url = ""              # empty: records stay in the local spool

@@ -28,7 +28,7 @@ from .provider_keys import CredentialIndex
 from .proxy import Proxy
 from .routing import Router
 from .spool import Spool
-from .storage import open_store
+from .storage import LocalStore, open_store
 from .supervisor import InProcessReporter, Reporter
 from .upload import Uploader
 from .upload_formats import UPLOAD_TOKEN, make_uploader
@@ -39,7 +39,8 @@ log = logging.getLogger("steward")
 # Adds, revokes and expiries are seen within this (the promise is 5 s). Tests that must tell a
 # SIGHUP's reload from the poll's set STEWARD_KEY_REFRESH_SECONDS to something long.
 KEY_REFRESH_SECONDS = float(os.environ.get("STEWARD_KEY_REFRESH_SECONDS", "2"))
-GAUGE_PUBLISH_SECONDS = 5.0  # several workers: how old another worker's gauges may be
+GAUGE_PUBLISH_SECONDS = 5.0
+BODY_SWEEP_SECONDS = 3600.0  # several workers: how old another worker's gauges may be
 
 
 class Gateway:
@@ -86,6 +87,8 @@ class Gateway:
                                      queue_bytes=b.queue_bytes,
                                      flush_interval=self.config.bodies_fsync_interval)
             self.bodies.start()
+            if isinstance(store, LocalStore) and b.retention:
+                self._tasks.append(asyncio.create_task(self._sweep_bodies(store, b.retention)))
         limits = self.config.limits
         self.proxy = Proxy(self.router, self.keys, self.credentials, self.sessions, self.spool,
                            self._pricer, self.bodies, self.metrics, limits)
@@ -198,6 +201,19 @@ class Gateway:
             degraded.append("metadata spool")
         return self.ready, {"ready": self.ready, "degraded": degraded, "bodies": bodies,
                             "upload": upload, "spool": spool}
+
+    async def _sweep_bodies(self, store: LocalStore, retention: float) -> None:
+        """bodies.retention: whole days past it are deleted at start-up, then hourly."""
+        while True:
+            try:
+                days, files = await asyncio.to_thread(store.sweep, retention, time.time())
+                if days:
+                    log.info("bodies.retention: deleted %d bodies in %d day directories older "
+                             "than %gd", files, days, retention / 86400)
+            except OSError as exc:
+                log.error("bodies.retention: sweeping %s failed (will retry): %s", store.root,
+                          exc)
+            await asyncio.sleep(BODY_SWEEP_SECONDS)
 
     def _start_uploader(self, config: Config, token: str | None) -> None:
         self.uploader = make_uploader(config, token)

@@ -5,7 +5,13 @@ Every method is blocking and is called from worker threads, never from the event
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import io
+import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,6 +63,85 @@ class LocalStore:
 
     def url(self, key: str) -> str:
         return (self.root / key).as_uri()
+
+    # The layout is <root>/<key id>/<yyyy>/<mm>/<dd>/<request id>.json.gz (bodies.object_key),
+    # so a day of one key is one directory: retention removes whole directories.
+
+    def days(self) -> Iterator[tuple[str, datetime.date, Path]]:
+        """(key id, day, directory) for every day directory, in no particular order."""
+        for key_dir in _subdirs(self.root):
+            for year in _subdirs(key_dir):
+                for month in _subdirs(year):
+                    for day in _subdirs(month):
+                        try:
+                            when = datetime.date(int(year.name), int(month.name),
+                                                 int(day.name))
+                        except ValueError:
+                            continue  # not ours: never touched
+                        yield key_dir.name, when, day
+
+    def sweep(self, retention: float, now: float) -> tuple[int, int]:
+        """Delete the days whose every body is older than `retention` seconds: a day D goes
+        once D+1 00:00 UTC is that far in the past. Returns (days, files) removed. Another
+        process sweeping at the same time is skipped, not raced."""
+        cutoff = datetime.datetime.fromtimestamp(now - retention, datetime.UTC).date()
+        removed_days = removed_files = 0
+        with _exclusive(self.root / SWEEP_LOCK) as locked:
+            if not locked:
+                return 0, 0
+            for _, when, directory in list(self.days()):
+                if when >= cutoff:
+                    continue
+                removed_files += sum(1 for p in directory.iterdir() if p.is_file())
+                shutil.rmtree(directory, ignore_errors=True)
+                removed_days += 1
+                for parent in (directory.parent, directory.parent.parent,
+                               directory.parent.parent.parent):
+                    with contextlib.suppress(OSError):  # only while empty
+                        parent.rmdir()
+        return removed_days, removed_files
+
+    def usage(self) -> list[dict[str, Any]]:
+        """Per key and day: files, their bytes, and the disk blocks they occupy."""
+        rows = []
+        for key_id, when, directory in self.days():
+            files = size = on_disk = 0
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        files += 1
+                        size += st.st_size
+                        on_disk += st.st_blocks * 512
+            rows.append({"day": when.isoformat(), "key": key_id, "files": files,
+                         "bytes": size, "disk_bytes": on_disk})
+        return sorted(rows, key=lambda r: (r["day"], r["key"]))
+
+
+SWEEP_LOCK = ".sweep.lock"
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        with os.scandir(path) as entries:
+            return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[bool]:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 @dataclass
