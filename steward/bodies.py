@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from .config import min_free_bytes
 from .errors import StewardError
 from .files import write_atomic
 from .storage import BodyStore
@@ -40,6 +42,7 @@ PENDING_DIR = "pending-bodies"
 BODIES_STATUS = "bodies-status.json"  # written by the gateway for `steward bucket status`
 PENDING_SUFFIX = ".json.gz"
 LARGE_BODY = 4 * 1024 * 1024
+SPACE_CHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -153,8 +156,16 @@ def build_document(capture: Capture) -> bytes:
 
 class BodyWriter:
     def __init__(self, store: BodyStore, home: Path, *, workers: int, queue_bytes: int,
-                 attempts: int = 4, flush_interval: float | None = None):
+                 attempts: int = 4, flush_interval: float | None = None,
+                 guard_dir: Path | None = None, min_free: str = "0"):
         self.store = store
+        # bodies.min_free: below it on guard_dir's disk no body is written locally, and each
+        # record says why (`refusing`); checked every second off the loop.
+        self.guard_dir = guard_dir
+        self.min_free = min_free
+        self.refusing: str | None = None
+        self.refused = 0
+        self.free_bytes: int | None = None
         self.flush_interval = flush_interval  # store.flush() this often (None, 0: never)
         self.pending_dir = home / PENDING_DIR
         self.workers = workers
@@ -189,6 +200,8 @@ class BodyWriter:
         self.pending_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
         self._background = [asyncio.create_task(self._drain_pending())]
+        if self.guard_dir is not None and self.min_free.strip() not in ("0", "0b"):
+            self._background.append(asyncio.create_task(self._watch_space()))
         if self.flush_interval:
             self._background.append(asyncio.create_task(self._flush_periodically()))
 
@@ -221,6 +234,35 @@ class BodyWriter:
                       len(self.held), self.pending_dir, self.last_error)
         if self.flush_interval:
             await self._flush()
+
+    def refuse(self) -> str | None:
+        """Per request: why its body will not be stored (the disk is low), else None."""
+        if self.refusing is not None:
+            self.refused += 1
+        return self.refusing
+
+    async def _watch_space(self) -> None:
+        assert self.guard_dir is not None
+        while True:
+            try:
+                st = await asyncio.to_thread(os.statvfs, self.guard_dir)
+            except OSError:
+                st = None  # not there yet: the first body creates it
+            if st is not None:
+                free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+                floor = min_free_bytes(self.min_free, total)
+                self.free_bytes = free
+                if free < floor and self.refusing is None:
+                    self.refusing = (f"not stored: {free / 2**20:.1f} MiB free on "
+                                     f"{self.guard_dir}, under bodies.min_free "
+                                     f"({floor / 2**20:.1f} MiB)")
+                    log.error("bodies: %s; requests are served, their bodies are not kept "
+                              "until space returns", self.refusing.removeprefix("not stored: "))
+                elif free >= floor and self.refusing is not None:
+                    self.refusing = None
+                    log.warning("bodies: %.1f MiB free on %s, back above bodies.min_free; "
+                                "storing bodies again", free / 2**20, self.guard_dir)
+            await asyncio.sleep(SPACE_CHECK_SECONDS)
 
     async def _flush_periodically(self) -> None:
         """Bodies written without an fsync each become durable together, once per interval."""
@@ -386,6 +428,8 @@ class BodyWriter:
                 "failures": self.failures, "failing": self.failing,
                 "last_error": self.last_error,
                 "held": len(self.held), "held_bytes": self.held_bytes, "lost": self.lost,
+                "refusing": self.refusing, "refused_low_space": self.refused,
+                "free_bytes": self.free_bytes,
                 "updated_at": time.time()}
 
     def write_status(self, home: Path) -> None:

@@ -87,6 +87,25 @@ def _parse_retention(value: Any) -> float:
     return parse_duration(value)
 
 
+def min_free_bytes(policy: str, disk_bytes: int) -> int:
+    """bodies.min_free for a disk of this size."""
+    text = policy.strip().lower()
+    if text == "auto":
+        return min(disk_bytes // 20, 1024**3)
+    if text.endswith("%"):
+        return int(disk_bytes * float(text[:-1]) / 100)
+    return parse_size(text)
+
+
+def _min_free(v: str) -> None:
+    text = str(v).strip().lower()
+    if text.endswith("%"):
+        if not re.fullmatch(r"\d+(\.\d+)?%", text) or float(text[:-1]) >= 100:
+            raise ValueError("must be a percentage under 100%, a size, auto or 0")
+    elif text != "auto":
+        parse_size(text)
+
+
 def _fsync_policy(v: str) -> None:
     if v not in ("always", "never"):
         parse_duration(v)
@@ -174,6 +193,9 @@ class BodiesConfig:
     fsync: str = field(default="1s", metadata={"check": _fsync_policy})
     # Local directory only: days of bodies older than this are deleted; 0 or "off" keeps all.
     retention: float = field(default=30 * 86400.0, metadata={"parse": _parse_retention})
+    # Free space below which bodies are not written locally: a size, a percentage of the
+    # disk, "auto" (the smaller of 5% and 1 GiB) or 0 (no guard).
+    min_free: str = field(default="auto", metadata={"check": _min_free})
 
 
 def _upload_format(v: str) -> None:
@@ -494,6 +516,8 @@ DEFAULT_TOML = """\
 # queue_bytes = "256MiB"       # bodies held in memory; beyond it they wait on local disk
 # fsync = "1s"                 # local directory: always (each body) | never | an interval
 # retention = "30d"            # local directory: delete days of bodies older; "off" keeps all
+# min_free = "auto"            # below this much free disk no body is written locally:
+#                              # a size, a percentage, auto (the smaller of 5% and 1GiB), or 0
 
 [metadata]
 # upload_url = ""              # empty: records stay in the local spool

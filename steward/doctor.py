@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 import tempfile
@@ -32,6 +33,9 @@ class Check:
         return asdict(self)
 
 
+DISK_WARN_USED = 0.80  # doctor warns past this much of the home's disk in use
+
+
 def _check(name: str, fix: str, run: Callable[[], str]) -> Check:
     try:
         return Check(name, True, run())
@@ -58,6 +62,17 @@ def run_checks(home: Path) -> list[Check]:
         return f"{home}, spool/ and bodies/ are writable"
 
     checks.append(_check("home writable", f"give this user write access to {home}", writable))
+
+    def space() -> str:
+        st = os.statvfs(home)
+        used = 1 - st.f_bavail / st.f_blocks if st.f_blocks else 0.0
+        free = f"{st.f_bavail * st.f_frsize / 2**30:.1f} GiB free"
+        if used > DISK_WARN_USED:
+            raise StewardError(f"the disk holding {home} is {used:.0%} full ({free})")
+        return f"{used:.0%} used, {free}"
+
+    checks.append(_check("disk space for the home", "free space, lower bodies.retention, or "
+                         "move bodies to a bucket (`steward bucket set`)", space))
 
     def schema() -> str:
         conn = sqlite3.connect(home / DB_FILE)

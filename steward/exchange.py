@@ -44,6 +44,7 @@ class Exchange:
     capture: Capture | None = None  # kept only when bodies are stored
     buffered: int = 0  # request-body bytes this exchange counts against the shared cap
     body_ref: str | None = None
+    body_error: str | None = None  # why no body was kept (bodies.min_free)
     client_gone: bool = False
     responded: bool = False  # response headers sent: errors can no longer change the status
     recorded: bool = False
@@ -75,4 +76,5 @@ class Exchange:
             "tags": {**(self.key.tags if self.key else {}), **self.tags},
             "error": self.error or reading.error,
             "body_ref": self.body_ref,
+            "body_error": self.body_error,
         }

@@ -15,7 +15,7 @@ import aiohttp
 import httpx
 
 from . import allocator, db, gateway_keys, master_key, pricing, provider_keys
-from .bodies import BodyWriter
+from .bodies import PENDING_DIR, BodyWriter
 from .bucket import bucket_settings
 from .config import Config, load_config
 from .crypto import DecryptError, Vault
@@ -83,9 +83,12 @@ class Gateway:
             store = await asyncio.to_thread(open_store, bucket_settings(self.config, self._db,
                                                                         self._vault))
             b = self.config.bodies
+            guard = store.root if isinstance(store, LocalStore) else self.config.home / \
+                PENDING_DIR  # the only bodies written locally
             self.bodies = BodyWriter(store, self.config.home, workers=b.workers,
                                      queue_bytes=b.queue_bytes,
-                                     flush_interval=self.config.bodies_fsync_interval)
+                                     flush_interval=self.config.bodies_fsync_interval,
+                                     guard_dir=guard, min_free=b.min_free)
             self.bodies.start()
             if isinstance(store, LocalStore) and b.retention:
                 self._tasks.append(asyncio.create_task(self._sweep_bodies(store, b.retention)))
@@ -181,6 +184,7 @@ class Gateway:
                 "spool_records_lost": self.spool.lost,
                 "bodies_held_in_memory": bodies.get("held", 0),
                 "bodies_lost": bodies.get("lost", 0),
+                "bodies_refused_low_space": bodies.get("refused_low_space", 0),
                 "spool_backlog_bytes": upload.get("backlog_bytes", 0),
                 # 1 in the one worker that holds spool/uploader.lock: the sum is 1 when uploads
                 # run, 0 when an upload URL is set and nobody could take the lock.
@@ -193,7 +197,8 @@ class Gateway:
         upload = dict(self.uploader.status) if self.uploader else {"enabled": False}
         degraded = []
         spool = self.spool.status()
-        if bodies.get("pending") or bodies.get("held") or bodies.get("failing"):
+        if (bodies.get("pending") or bodies.get("held") or bodies.get("failing")
+                or bodies.get("refusing")):
             degraded.append("body storage")
         if upload.get("last_error"):
             degraded.append("metadata upload")

@@ -132,6 +132,8 @@ class Proxy:
             body = await self._read_body(ex, scope, receive)
             ex.request_model = ex.route.model or _find_model(body)
             if self.bodies is not None:
+                ex.body_error = self.bodies.refuse()  # the disk is low: say so, keep serving
+            if self.bodies is not None and ex.body_error is None:
                 key = object_key(ex.key.id if ex.key else None, ex.id, ex.started_at)
                 ex.capture = Capture(key, {}, scope["headers"], body, scope["query_string"])
                 ex.body_ref = self.bodies.url(key)

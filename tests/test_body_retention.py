@@ -1,5 +1,5 @@
-"""The local bodies store over time: retention deletes whole days, `bodies get` reads one
-request back, `bodies du` says what the store occupies."""
+"""The local bodies store over time: retention deletes whole days, a low disk stops bodies
+but not requests, `bodies get` reads one request back, `bodies du` says what it occupies."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 
 from steward.storage import LocalStore
-from tests.support.daemon import Daemon, cli, provider_env
+from tests.support.daemon import Daemon, cli, init_home, provider_env
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.filesystems import tmpfs
 from tests.support.waiting import wait_for
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello retention"}]}
@@ -118,3 +119,50 @@ def test_bodies_get_and_du(fresh_home: tuple[Path, str], upstream: FakeUpstream)
     assert len(usage) == 1 and usage[0]["files"] == 1
     assert usage[0]["day"] == datetime.datetime.now(datetime.UTC).date().isoformat()
     assert usage[0]["disk_bytes"] >= usage[0]["bytes"] > 0
+
+
+def test_low_disk_stops_bodies_not_requests(tmp_path: Path, upstream: FakeUpstream) -> None:
+    home = tmp_path / "home"
+    key = init_home(home)
+    cli("config", "set", "bodies.min_free", "4MiB", home=home)
+    with tmpfs(home / "bodies", "16m") as bodies:
+        running = Daemon(home, env=provider_env(upstream.url)).start()
+        try:
+            assert _post(running, key).status_code == 200
+            filler = bodies / "filler"
+            filler.write_bytes(b"\0" * (13 * 2**20))  # 3 MiB left, under the 4 MiB floor
+            wait_for(lambda: "under bodies.min_free" in running.log(), 10, "the guard")
+            stored = set(bodies.glob("*/*/*/*/*.json.gz"))
+            for _ in range(5):
+                assert _post(running, key).status_code == 200
+            low = running.records()[-5:]
+            assert all(r["body_ref"] is None and r["body_error"].startswith("not stored: ")
+                       and "bodies.min_free (4.0 MiB)" in r["body_error"] for r in low)
+            assert set(bodies.glob("*/*/*/*/*.json.gz")) == stored  # nothing new written
+            ready = httpx.get(running.admin_url + "/readyz").json()
+            assert ready["ready"] is True and "body storage" in ready["degraded"]
+            assert ready["bodies"]["refusing"].startswith("not stored")
+            metrics = httpx.get(running.admin_url + "/metrics").text
+            assert "steward_bodies_refused_low_space 5.0" in metrics
+            filler.unlink()
+            wait_for(lambda: "back above bodies.min_free" in running.log(), 10, "the recovery")
+            assert _post(running, key).status_code == 200
+            last = running.records()[-1]
+            assert last["body_error"] is None
+            wait_for(lambda: Path(last["body_ref"].removeprefix("file://")).exists(), 10,
+                     "bodies written again")
+            assert running.log().count("under bodies.min_free") == 1  # per state change
+        finally:
+            running.stop()
+
+
+def test_doctor_warns_about_a_full_disk(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "home", "16m") as home:
+        init_home(home)
+        ok = json.loads(cli("doctor", "--json", home=home, check=False).stdout)
+        space = next(c for c in ok["checks"] if c["name"] == "disk space for the home")
+        assert space["ok"] is True
+        (home / "filler").write_bytes(b"\0" * (14 * 2**20))
+        full = json.loads(cli("doctor", "--json", home=home, check=False).stdout)
+        space = next(c for c in full["checks"] if c["name"] == "disk space for the home")
+        assert space["ok"] is False and "% full" in space["detail"]
