@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -710,6 +711,38 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+@bucket_app.command("lifecycle")
+def bucket_lifecycle(home: HomeOption = None,
+                     apply: Annotated[bool, typer.Option(
+                         "--apply", help="Set the rule on the bucket (other rules are kept)."
+                     )] = False,
+                     days: Annotated[int | None, typer.Option(
+                         min=1, help="Expire bodies after this many days (default: "
+                         "bodies.retention, rounded up).")] = None) -> None:
+    """Print (or, with --apply, set) the S3/GCS lifecycle rule matching bodies.retention."""
+    target = _home(home)
+    store = _open_bucket(target)
+    if isinstance(store, LocalStore):
+        raise StewardError("the local bodies directory needs no lifecycle rule: Steward "
+                           "deletes old days itself (bodies.retention)")
+    if days is None:
+        retention = load_config(target).bodies.retention
+        if not retention:
+            raise StewardError("bodies.retention is off: give --days N for the rule")
+        days = max(1, math.ceil(retention / 86400))
+    rule = store.lifecycle_rule(days)
+    if not apply:
+        print(json.dumps(rule, indent=2))
+        return
+    try:
+        store.apply_lifecycle(days)
+    except Exception as exc:  # each SDK raises its own kinds
+        raise StewardError(f"could not set the lifecycle rule on {store.url('')}: "
+                           f"{exc.__class__.__name__}: {exc}"[:400]) from None
+    out.print(f"lifecycle rule set on {store.url('')}: bodies expire after {days} days",
+              highlight=False)
 
 
 @app.command()

@@ -119,6 +119,7 @@ class LocalStore:
 
 
 SWEEP_LOCK = ".sweep.lock"
+LIFECYCLE_ID = "steward-bodies-retention"
 
 
 def _subdirs(path: Path) -> list[Path]:
@@ -174,6 +175,25 @@ class S3Store:
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{_join(self.prefix, key)}"
 
+    def lifecycle_rule(self, days: int) -> dict[str, Any]:
+        """The S3 rule that expires bodies under our prefix, as bodies.retention does locally."""
+        return {"ID": LIFECYCLE_ID, "Status": "Enabled",
+                "Filter": {"Prefix": _join(self.prefix, "")},
+                "Expiration": {"Days": days},
+                "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}
+
+    def apply_lifecycle(self, days: int) -> None:
+        """Set our rule, keeping every other rule the bucket has."""
+        try:
+            rules = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)["Rules"]
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                raise
+            rules = []
+        rules = [r for r in rules if r.get("ID") != LIFECYCLE_ID] + [self.lifecycle_rule(days)]
+        self.client.put_bucket_lifecycle_configuration(
+            Bucket=self.bucket, LifecycleConfiguration={"Rules": rules})
+
     def flush(self) -> None:
         """An object is durable once S3 has acknowledged it."""
 
@@ -200,6 +220,22 @@ class GCSStore:
 
     def url(self, key: str) -> str:
         return f"gs://{self.bucket.name}/{_join(self.prefix, key)}"
+
+    def lifecycle_rule(self, days: int) -> dict[str, Any]:
+        """The GCS rule that deletes bodies under our prefix, as bodies.retention does locally."""
+        return {"action": {"type": "Delete"},
+                "condition": {"age": days, "matchesPrefix": [_join(self.prefix, "")]}}
+
+    def apply_lifecycle(self, days: int) -> None:
+        """Set our rule (the Delete rule on our prefix), keeping every other rule."""
+        self.bucket.reload()
+        ours = self.lifecycle_rule(days)
+        prefix = ours["condition"]["matchesPrefix"]
+        rules = [dict(r) for r in self.bucket.lifecycle_rules
+                 if not (r.get("action", {}).get("type") == "Delete"
+                         and r.get("condition", {}).get("matchesPrefix") == prefix)]
+        self.bucket.lifecycle_rules = [*rules, ours]
+        self.bucket.patch()
 
     def flush(self) -> None:
         """An object is durable once GCS has acknowledged it."""
