@@ -63,17 +63,6 @@ def run_checks(home: Path) -> list[Check]:
 
     checks.append(_check("home writable", f"give this user write access to {home}", writable))
 
-    def space() -> str:
-        st = os.statvfs(home)
-        used = 1 - st.f_bavail / st.f_blocks if st.f_blocks else 0.0
-        free = f"{st.f_bavail * st.f_frsize / 2**30:.1f} GiB free"
-        if used > DISK_WARN_USED:
-            raise StewardError(f"the disk holding {home} is {used:.0%} full ({free})")
-        return f"{used:.0%} used, {free}"
-
-    checks.append(_check("disk space for the home", "free space, lower bodies.retention, or "
-                         "move bodies to a bucket (`steward bucket set`)", space))
-
     def schema() -> str:
         conn = sqlite3.connect(home / DB_FILE)
         try:
@@ -97,6 +86,18 @@ def run_checks(home: Path) -> list[Check]:
         return f"from {found.store} ({found.detail}); it decrypts the database"
 
     checks.append(_check("master key available and correct", master_key.MISSING_HELP, key))
+
+    def space() -> str:
+        st = os.statvfs(home)
+        used = 1 - st.f_bavail / st.f_blocks if st.f_blocks else 0.0
+        free = f"{st.f_bavail * st.f_frsize / 2**30:.1f} GiB free"
+        if used > DISK_WARN_USED:
+            raise StewardError(f"the disk holding {home} is {used:.0%} full ({free})")
+        return f"{used:.0%} used, {free}"
+
+    checks.append(_check("disk space for the home", "free space, lower bodies.retention, or "
+                         "move bodies to a bucket (`steward bucket set`)", space))
+
     cfg = state.get("config")
     conn = state.get("conn")
     vault = state.get("vault")

@@ -62,7 +62,10 @@ def test_a_full_disk_costs_no_request_and_no_record(tmp_path: Path,
                                                     upstream: FakeUpstream) -> None:
     with tmpfs(tmp_path / "home", "24m") as home:
         key = init_home(home)
-        daemon = Daemon(home, env=provider_env(upstream.url),
+        # No free-space floor: a disk that fills between two checks of bodies.min_free
+        # (tested on its own) must still cost nothing.
+        daemon = Daemon(home, env={**provider_env(upstream.url),
+                                   "STEWARD_BODIES__MIN_FREE": "0"},
                         log_file=tmp_path / "daemon.log").start()  # the log is not on it
         try:
             ask(daemon, key, "before")

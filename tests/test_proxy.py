@@ -97,7 +97,7 @@ def test_openai_chat(gateway: Gateway, upstream: FakeUpstream, tag: str) -> None
         "status": 200, "input_tokens": 25, "output_tokens": 12, "cache_read_tokens": 5,
         "cache_write_tokens": 0, "cache_write_5m_tokens": None, "cache_write_1h_tokens": None,
         "reasoning_tokens": 4, "tool_use_prompt_tokens": None, "ttft_ms": None,
-        "tags": {"test": tag, "team": "search"}, "error": None}
+        "tags": {"test": tag, "team": "search"}, "error": None, "body_error": None}
     assert record["api_key_id"].startswith("key_")
     assert record["latency_ms"] > 0
     assert record["body_ref"] == (gateway[0].home / "bodies" / record["api_key_id"]).as_uri(
