@@ -191,7 +191,8 @@ def _parse_tags(tags: list[str]) -> dict[str, str]:
 def _key_dict(key: gateway_keys.GatewayKey) -> dict[str, Any]:
     return {"id": key.id, "name": key.name, "prefix": key.prefix, "tags": key.tags,
             "created_at": key.created_at, "expires_at": key.expires_at,
-            "last_used_at": key.last_used_at, "status": key.status()}
+            "last_used_at": key.last_used_at, "status": key.status(),
+            "scopes": sorted(key.scopes)}
 
 
 @keys_app.command("add")
@@ -200,8 +201,12 @@ def keys_add(name: Annotated[str, typer.Argument(help="A name for the key's owne
                  help="NAME=VALUE added to every record of this key (repeatable).")] = None,
              expires_in: Annotated[str | None, typer.Option(
                  help="Lifetime such as 30d or 12h; default never.")] = None,
+             allow: Annotated[list[str] | None, typer.Option(
+                 help="Scopes beyond inference, comma-separated or repeated: "
+                      f"{', '.join(gateway_keys.SCOPES)}.")] = None,
              home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Create a gateway key and print it once."""
+    """Create a gateway key and print it once. It reaches inference endpoints only, unless
+    --allow grants more of the provider account."""
     target = _home(home)
     lifetime = None
     if expires_in is not None:
@@ -210,7 +215,8 @@ def keys_add(name: Annotated[str, typer.Argument(help="A name for the key's owne
         except ValueError as exc:
             raise StewardError(f"--expires-in: {exc}") from None
     with _db(target) as conn:
-        key, plaintext = gateway_keys.add_key(conn, name, _parse_tags(tag or []), lifetime)
+        key, plaintext = gateway_keys.add_key(conn, name, _parse_tags(tag or []), lifetime,
+                                              allow or [])
     if as_json:
         print(json.dumps({**_key_dict(key), "key": plaintext}))
         return
@@ -226,11 +232,13 @@ def keys_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         print(json.dumps([_key_dict(k) for k in keys], indent=2))
         return
-    table = Table("id", "name", "prefix", "tags", "created", "expires", "last used", "status")
+    table = Table("id", "name", "prefix", "tags", "scopes", "created", "expires", "last used",
+                  "status")
     for k in keys:
         status = k.status()
         color = {"active": "green", "revoked": "red", "expired": "yellow"}[status]
         table.add_row(k.id, k.name, k.prefix + "…", ",".join(f"{a}={b}" for a, b in k.tags.items()),
+                      ",".join(["inference", *sorted(k.scopes)]),
                       _when(k.created_at), _when(k.expires_at), _when(k.last_used_at),
                       f"[{color}]{status}[/]")
     out.print(table)

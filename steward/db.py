@@ -57,6 +57,11 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 4: what a gateway key may call beyond inference (JSON list of scopes); existing keys
+    # get none, so an upgrade never widens what a key reaches.
+    """
+    ALTER TABLE gateway_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 from .errors import GatewayError
+from .gateway_keys import KEY_PREFIX
 
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
@@ -18,6 +19,9 @@ HOP_BY_HOP = frozenset({
     b"expect", b"proxy-connection",
 })
 MAJORDOMO = b"x-majordomo-"
+GATEWAY_KEY = KEY_PREFIX.encode()
+# Where an SDK configured with api_key=<gateway key> puts it, whatever the format.
+SDK_CREDENTIALS = (b"authorization", b"x-api-key", b"x-goog-api-key")
 DECODABLE = {"gzip", "deflate", "identity"}
 
 # "..", encoded ".", "/", "\\" or NUL, and raw control characters.
@@ -66,8 +70,8 @@ def split_headers(raw: list[tuple[bytes, bytes]], max_tags: int, max_tag_bytes: 
                                        f"most {max_tags} tags of {max_tag_bytes} bytes each "
                                        "(limits.max_tags, limits.max_tag_bytes)")
                 out.tags[tag] = value.decode("utf-8", "replace")
-        elif name in HOP_BY_HOP or name in drop:
-            continue
+        elif name in HOP_BY_HOP or name in drop or GATEWAY_KEY in value:
+            continue  # a gateway key never leaves Steward, in any header, for any format
         elif name == b"accept-encoding":
             out.forward.append(("accept-encoding", filter_accept_encoding(value)))
         else:
@@ -83,6 +87,34 @@ def _forwardable(name: bytes, value: bytes) -> str:
         raise GatewayError(400, f"the {name.decode('latin-1')} header holds bytes that are not "
                            "UTF-8; Steward forwards header values byte for byte only when they "
                            "are ASCII or UTF-8") from None
+
+
+def find_gateway_key(raw: list[tuple[bytes, bytes]], query: bytes) -> str | None:
+    """The gateway key a request presents: X-Majordomo-Key (the first), else an SDK credential
+    header or a `key=` query parameter carrying one (an app that sets only base_url and
+    api_key). Read before routing, so an unauthenticated request decides nothing else."""
+    found = None
+    for name, value in raw:
+        if name == b"x-majordomo-key":
+            return value.decode("latin-1").strip()
+        if found is None and name in SDK_CREDENTIALS and GATEWAY_KEY in value:
+            token = value.strip()
+            token = token[7:].strip() if token[:7].lower() == b"bearer " else token
+            if token.startswith(GATEWAY_KEY):
+                found = token.decode("latin-1")
+    if found is None and b"key=" in query:
+        found = next((k for k in split_query_key(query)[0] if k.startswith(KEY_PREFIX)), None)
+    return found
+
+
+def strip_gateway_keys(query: bytes) -> bytes:
+    """The query without any parameter that holds a gateway key (decoded as the upstream
+    decodes it); the other parameters keep their bytes as sent."""
+    if GATEWAY_KEY not in query and b"%" not in query:
+        return query
+    kept = [pair for pair in query.split(b"&")
+            if KEY_PREFIX not in unquote_plus(pair.decode("latin-1"), encoding="latin-1")]
+    return b"&".join(kept)
 
 
 def split_query_key(query: bytes) -> tuple[list[str], bytes]:

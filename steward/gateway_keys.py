@@ -20,6 +20,17 @@ from .errors import NotFoundError, StewardError
 
 KEY_PREFIX = "mdm_sk_"
 DISPLAY_CHARS = 12  # "mdm_sk_" + 5 characters of the secret: enough to tell keys apart
+# Every key may call its provider's inference endpoints; these reach further into the
+# operator's provider account, each only when the key was created with it (--allow).
+SCOPES = {
+    "files": "file uploads and storage (OpenAI /v1/files and /v1/uploads, Anthropic /v1/files, "
+             "Gemini files)",
+    "batches": "batch jobs (OpenAI /v1/batches, Anthropic /v1/messages/batches, Gemini "
+               "batches and batchGenerateContent)",
+    "fine_tuning": "fine-tuning jobs (OpenAI /v1/fine_tuning, Gemini tunedModels)",
+    "admin": "anything else on the provider's API: organization and project administration, "
+             "model deletion, vector stores, assistants, threads, cached contents…",
+}
 
 
 def generate_key() -> str:
@@ -40,6 +51,7 @@ class GatewayKey:
     expires_at: float | None = None
     revoked_at: float | None = None
     last_used_at: float | None = None
+    scopes: frozenset[str] = frozenset()  # beyond inference, from SCOPES
 
     def status(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
@@ -55,31 +67,44 @@ def _row_to_key(row: sqlite3.Row) -> GatewayKey:
         id=row["id"], name=row["name"], prefix=row["prefix"], tags=json.loads(row["tags"]),
         created_at=row["created_at"], expires_at=row["expires_at"],
         revoked_at=row["revoked_at"], last_used_at=row["last_used_at"],
+        scopes=frozenset(json.loads(row["scopes"])),
     )
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
+def parse_scopes(values: Iterable[str]) -> frozenset[str]:
+    """`--allow files,batches` (repeatable) -> the scopes, each one checked."""
+    scopes = {s.strip().lower() for v in values for s in v.split(",") if s.strip()}
+    unknown = sorted(scopes - SCOPES.keys())
+    if unknown:
+        raise StewardError(f"--allow: unknown scope {unknown[0]!r}; valid: "
+                           f"{', '.join(SCOPES)} (inference is always allowed)")
+    return frozenset(scopes)
+
+
 def add_key(conn: sqlite3.Connection, name: str, tags: dict[str, str] | None = None,
-            expires_in: float | None = None) -> tuple[GatewayKey, str]:
+            expires_in: float | None = None, scopes: Iterable[str] = ()
+            ) -> tuple[GatewayKey, str]:
     """Create a key; the plaintext is returned here and never stored."""
     if not _NAME.fullmatch(name):
         raise StewardError(f"key name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    allowed = parse_scopes(scopes)
     plaintext = generate_key()
     now = time.time()
     key = GatewayKey(
         id="key_" + secrets.token_hex(6), name=name, prefix=plaintext[:DISPLAY_CHARS],
         tags=dict(tags or {}), created_at=now,
-        expires_at=now + expires_in if expires_in is not None else None,
+        expires_at=now + expires_in if expires_in is not None else None, scopes=allowed,
     )
     try:
         with transaction(conn):
             conn.execute(
                 "INSERT INTO gateway_keys (id, name, prefix, key_hash, tags, created_at,"
-                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " expires_at, scopes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (key.id, key.name, key.prefix, hash_key(plaintext), json.dumps(key.tags),
-                 key.created_at, key.expires_at),
+                 key.created_at, key.expires_at, json.dumps(sorted(allowed))),
             )
     except sqlite3.IntegrityError:
         raise StewardError(f"a key named {name!r} already exists; pick another name") from None

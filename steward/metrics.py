@@ -55,6 +55,12 @@ class Metrics:
                               ["provider", "model", "kind"], registry=r)
         self.cost = Counter("steward_cost_usd", "Cost in US dollars by provider and model",
                             ["provider", "model"], registry=r)
+        # Requests without a valid gateway key: counted here only, never in the series above.
+        self.auth_refusals = Counter("steward_auth_refusals",
+                                     "Requests refused for a missing or invalid gateway key",
+                                     ["reason"], registry=r)
+        for reason in ("missing", "invalid"):
+            self.auth_refusals.labels(reason)
         self.read_gauges = gauges
         self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
         self._shared_gauges: dict[str, Gauge] = {}
@@ -98,6 +104,9 @@ class Metrics:
                     record[kind])
         if record.get("cost") is not None:
             self.cost.labels(provider, model).inc(float(Decimal(record["cost"])))
+
+    def refused(self, reason: str) -> None:
+        self.auth_refusals.labels(reason).inc()
 
     def render(self) -> bytes:
         self.publish_gauges()  # this worker's are current; the others' a few seconds old

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from .access import Refusals, authorize
 from .bodies import BodyWriter, Capture, object_key
 from .config import LimitsConfig
 from .errors import GatewayError
@@ -24,11 +25,13 @@ from .exchange import Exchange
 from .forwarding import (
     HOP_BY_HOP,
     UNSAFE_PATH,
+    find_gateway_key,
     split_headers,
     split_query_key,
+    strip_gateway_keys,
     upstream_url,
 )
-from .gateway_keys import KEY_PREFIX, KeyIndex
+from .gateway_keys import GatewayKey, KeyIndex
 from .metrics import Metrics
 from .pricing import Pricer
 from .provider_keys import CredentialIndex
@@ -56,6 +59,7 @@ class Proxy:
                  bodies: BodyWriter | None, metrics: Metrics, limits: LimitsConfig):
         self.bodies = bodies
         self.metrics = metrics
+        self.refusals = Refusals(metrics.refused)
         self.key_slots: dict[str, Limiter] = {}  # made anew by configure()
         self.pricer = pricer  # replaced whole when the table or overrides change
         self.keys = keys
@@ -117,18 +121,22 @@ class Proxy:
             self.buffered_bytes -= ex.buffered
 
     async def _handle(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
-        """auth -> route -> forward -> account, then the bodies to the background writer."""
+        """auth -> route -> forward -> account, then the bodies to the background writer.
+
+        Authentication comes first: a request without a valid key decides no label and leaves
+        no record. The scope check comes before any stored credential is looked at."""
         fmt = None
         try:
+            key = self._authenticate(ex, find_gateway_key(scope["headers"], ex.query), scope)
             self._check_request_shape(scope)
             split = split_headers(scope["headers"], self.max_tags, self.max_tag_bytes)
             ex.tags = split.tags
+            ex.query = strip_gateway_keys(ex.query)
             ex.upstream, ex.route = self.router.resolve(ex.method, ex.path, split.provider)
             fmt = ex.upstream.fmt
-            headers, key_value, caller_credential = self._take_credentials(ex, split.forward,
-                                                                           split.key)
-            self._authenticate(ex, key_value)
-            self._inject_credential(ex, headers, caller_credential)
+            authorize(key, ex.upstream.name, ex.route, ex.method, ex.path)
+            headers = split.forward
+            self._inject_credential(ex, headers, self._caller_credential(ex, headers))
             body = await self._read_body(ex, scope, receive)
             ex.request_model = ex.route.model or _find_model(body)
             if self.bodies is not None:
@@ -182,30 +190,15 @@ class Proxy:
             raise GatewayError(400, "the path contains '..', an encoded '.', '/' or '\\', or a "
                                "control character; LLM API paths never do")
 
-    def _take_credentials(self, ex: Exchange, headers: list[tuple[str, str]],
-                          key_value: str | None
-                          ) -> tuple[list[tuple[str, str]], str | None, bool]:
-        """Pull a gateway key sent in the provider's own credential header (so an app sets only
-        base_url and api_key) and note whether the caller brought a provider credential."""
+    def _caller_credential(self, ex: Exchange, headers: list[tuple[str, str]]) -> bool:
+        """Whether the caller brought its own provider credential (gateway keys are gone by
+        now from headers and query alike)."""
         assert ex.upstream is not None
         names = self._credential_names(ex)
-        kept: list[tuple[str, str]] = []
-        caller = False
-        for name, value in headers:
-            if name in names:
-                token = value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
-                if token.startswith(KEY_PREFIX):
-                    key_value = key_value or token
-                    continue  # a gateway key never reaches the provider
-                caller = True
-            kept.append((name, value))
-        if ex.upstream.fmt.name == "gemini" and b"key=" in ex.query:
-            keys, rest = split_query_key(ex.query)
-            if any(k.startswith(KEY_PREFIX) for k in keys):
-                key_value = key_value or next(k for k in keys if k.startswith(KEY_PREFIX))
-                ex.query = rest
-            caller = caller or any(not k.startswith(KEY_PREFIX) for k in keys)
-        return kept, key_value, caller
+        if any(name in names for name, _ in headers):
+            return True
+        return ex.upstream.fmt.name == "gemini" and b"key=" in ex.query and bool(
+            split_query_key(ex.query)[0])
 
     def _credential_names(self, ex: Exchange) -> set[str]:
         assert ex.upstream is not None
@@ -236,14 +229,21 @@ class Proxy:
                 ex.query = split_query_key(ex.query)[1]
         headers.append(upstream.fmt.credential_header(stored))
 
-    def _authenticate(self, ex: Exchange, presented: str | None) -> None:
+    def _authenticate(self, ex: Exchange, presented: str | None, scope: Scope) -> GatewayKey:
         if not presented:
+            self._refuse(ex, "missing", scope)
             raise GatewayError(401, "Missing X-Majordomo-Key header: send your Steward gateway "
                                "key (create one with `steward keys add NAME`).")
         ex.key = self.keys.authenticate(presented, time.time())
         if ex.key is None:
+            self._refuse(ex, "invalid", scope)
             raise GatewayError(401, "Invalid X-Majordomo-Key: the key is unknown, revoked or "
                                "expired. Check it, or create one with `steward keys add NAME`.")
+        return ex.key
+
+    def _refuse(self, ex: Exchange, reason: str, scope: Scope) -> None:
+        client = scope.get("client")
+        self.refusals.refused(reason, ex.method, ex.path, client[0] if client else None)
 
     async def _read_body(self, ex: Exchange, scope: Scope, receive: Receive
                          ) -> bytes | bytearray:
@@ -434,6 +434,8 @@ class Proxy:
         if ex.recorded:
             return
         ex.recorded = True
+        if ex.key is None:
+            return  # no valid gateway key: counted in steward_auth_refusals_total, no record
         ex.finished_at = time.perf_counter()
         self.served += 1
         record = ex.record()

@@ -16,8 +16,9 @@ from .providers import FORMATS, Route, WireFormat
 # Gemini's `/v1/models/{model}:{method}` must win over OpenAI's `/v1/models/{id}`.
 _DETECTION_ORDER = ("gemini", "anthropic", "openai")
 SUPPORTED_PATHS = (
-    "OpenAI: /v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings, /v1/models; "
-    "Anthropic: /v1/messages; Gemini: /v1beta/models/{model}:{method}"
+    "OpenAI: /v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings, /v1/models, "
+    "/v1/moderations, /v1/audio/*, /v1/images/*; Anthropic: /v1/messages; "
+    "Gemini: /v1beta/models/{model}:{method}"
 )
 
 
@@ -58,8 +59,7 @@ class Router:
         if upstream is None:
             raise GatewayError(400, f"X-Majordomo-Provider: unknown provider {provider!r}; "
                                f"valid: {', '.join(sorted(self.upstreams))}")
-        route = upstream.fmt.route(method, path) or upstream.fmt.fallback_route(path)
-        return upstream, route
+        return upstream, upstream.fmt.classify(method, path)
 
     def error_format(self, method: str, path: str) -> WireFormat:
         """The shape to answer in before (or without) a successful resolve."""

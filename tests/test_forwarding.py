@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
 
 import pytest
 from hypothesis import given, settings
@@ -15,7 +15,9 @@ from steward.forwarding import (
     HOP_BY_HOP,
     MAJORDOMO,
     filter_accept_encoding,
+    find_gateway_key,
     split_headers,
+    strip_gateway_keys,
     upstream_url,
 )
 from steward.routing import Router
@@ -34,9 +36,15 @@ TOKEN = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=
 HEADER_NAME = (st.sampled_from(sorted(HOP_BY_HOP)).map(bytes.decode)
                | TOKEN.map(lambda t: MAJORDOMO.decode() + t)
                | st.sampled_from(["x-majordomo-key", "x-majordomo-provider", "authorization",
-                                  "accept-encoding", "content-type", "x-foo"])
+                                  "x-api-key", "x-goog-api-key", "accept-encoding",
+                                  "content-type", "x-foo"])
                | TOKEN).map(str.encode)
-HEADER_VALUE = st.binary(max_size=40).map(lambda v: v.replace(b"\r", b"").replace(b"\n", b""))
+GATEWAY_KEY = TOKEN.map(lambda t: "mdm_sk_" + t)
+# Arbitrary bytes, and gateway keys as an SDK sends them (bare, after "Bearer ", anywhere).
+HEADER_VALUE = (st.binary(max_size=40)
+                | st.tuples(st.sampled_from(["", "Bearer ", "bearer  ", "x "]), GATEWAY_KEY,
+                            st.sampled_from(["", " ", ",x"])).map("".join).map(str.encode)
+                ).map(lambda v: v.replace(b"\r", b"").replace(b"\n", b""))
 HEADERS = st.lists(st.tuples(HEADER_NAME, HEADER_VALUE), max_size=25)
 
 
@@ -77,17 +85,60 @@ def test_no_majordomo_or_hop_by_hop_header_is_ever_forwarded(
             len(v) > max_tag_bytes for n, v in headers if n in tags)
         return
     hop = {h.decode() for h in HOP_BY_HOP} | connection_named(headers)
-    for name, _ in split.forward:
+    for name, value in split.forward:
         assert not name.startswith("x-majordomo-")
         assert name not in hop
+        assert "mdm_sk_" not in value  # a gateway key never goes upstream, whatever the header
     # Everything else passes, in order, as text that encodes back to the same bytes
     # (accept-encoding only narrowed).
     expected = [(n.decode("latin-1"), v) for n, v in headers
-                if not n.startswith(MAJORDOMO) and n.decode("latin-1") not in hop]
+                if not n.startswith(MAJORDOMO) and n.decode("latin-1") not in hop
+                and b"mdm_sk_" not in v]
     assert [n for n, _ in split.forward] == [n for n, _ in expected]
     assert [v.encode() for n, v in split.forward if n != "accept-encoding"] == [
         v for n, v in expected if n != "accept-encoding"]
     assert len(split.tags) <= max_tags
+
+
+QUERY_PART = (st.text("abcxyz=&%+2Fe_-", max_size=12)
+              | GATEWAY_KEY.map(lambda k: "key=" + k)
+              | GATEWAY_KEY.map(lambda k: "key=" + quote(k, safe=""))
+              | GATEWAY_KEY.map(lambda k: "k=" + "".join(f"%{b:02X}" for b in k.encode())))
+
+
+@PROPERTY
+@given(st.lists(QUERY_PART, max_size=6).map("&".join).map(str.encode))
+def test_no_gateway_key_is_forwarded_in_the_query(query: bytes) -> None:
+    kept = strip_gateway_keys(query)
+    # Decoded as the upstream decodes it, nothing left holds a key ...
+    assert not any("mdm_sk_" in k + v for k, v in parse_qsl(kept.decode("latin-1"),
+                                                             keep_blank_values=True))
+    assert b"mdm_sk_" not in kept
+    # ... and every other parameter keeps its bytes, in order.
+    assert kept == b"&".join(p for p in query.split(b"&") if p in kept.split(b"&"))
+    assert set(query.split(b"&")) - set(kept.split(b"&")) == {
+        p for p in query.split(b"&") if b"mdm_sk_" in unquote_to_bytes(p.replace(b"+", b" "))}
+
+
+@PROPERTY
+@given(HEADERS, st.lists(QUERY_PART, max_size=4).map("&".join).map(str.encode))
+def test_the_presented_gateway_key_is_one_the_request_carries(
+        headers: list[tuple[bytes, bytes]], query: bytes) -> None:
+    """X-Majordomo-Key wins; else an SDK credential header or key= carrying a gateway key."""
+    found = find_gateway_key(headers, query)
+    explicit = [v for n, v in headers if n == b"x-majordomo-key"]
+    if explicit:
+        assert found == explicit[0].decode("latin-1").strip()
+    elif found is not None:
+        assert found.startswith("mdm_sk_")
+        carried = [v for n, v in headers if n in (b"authorization", b"x-api-key",
+                                                  b"x-goog-api-key")]
+        assert any(found.encode() in v for v in carried) or ("key", found) in parse_qsl(
+            query.decode("latin-1"))
+    else:
+        assert not any(v.strip().removeprefix(b"Bearer ").strip().startswith(b"mdm_sk_")
+                       for n, v in headers if n in (b"authorization", b"x-api-key",
+                                                    b"x-goog-api-key"))
 
 
 @given(st.binary(max_size=60))

@@ -171,7 +171,8 @@ def test_admin_endpoints(daemon: tuple[Daemon, str]) -> None:
     assert ("steward_body_queue_depth", ()) in samples
     assert ("steward_spool_backlog_bytes", ()) in samples
     # The admin routes are not on the public port, and proxy traffic is not on the admin port.
-    assert httpx.get(running.url + "/metrics").status_code == 404
+    assert httpx.get(running.url + "/metrics", headers={"X-Majordomo-Key": key}
+                     ).status_code == 404
 
 
 def test_logs_are_json_with_one_access_line_and_no_secret(daemon: tuple[Daemon, str]) -> None:

@@ -6,7 +6,16 @@ import json
 from typing import Any
 
 from ..usage import Reading, Usage, as_int, dig
-from .base import Route, WireFormat, loads, stream_error
+from .base import Route, WireFormat, endpoints, find_endpoint, loads, scoped, stream_error
+
+INFERENCE = endpoints(
+    ("POST", r"/v1/messages", "messages"),
+    ("POST", r"/v1/messages/count_tokens", "messages/count_tokens"),
+    ("GET", r"/v1/models", "models"),
+    ("GET", r"/v1/models/[^/]+", "models/{id}"),
+)
+# Path prefixes of the scoped families; any other path on the host is admin.
+_SCOPES = (("/v1/messages/batches", "batches"), ("/v1/files", "files"))
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                 403: "permission_error", 404: "not_found_error", 413: "request_too_large",
@@ -88,10 +97,18 @@ class AnthropicFormat(WireFormat):
     name = "anthropic"
     credential_headers = (b"x-api-key", b"authorization")
 
-    def route(self, method: str, path: str) -> Route | None:
-        if path == "/v1/messages" or path.startswith("/v1/messages/"):
-            return Route(endpoint=path[4:], upstream_path=path)
-        return None
+    def owns(self, path: str) -> bool:
+        # /v1/models and /v1/files are OpenAI's unless X-Majordomo-Provider says anthropic.
+        return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+    def classify(self, method: str, path: str) -> Route:
+        endpoint = find_endpoint(INFERENCE, method, path)
+        if endpoint is not None:
+            return Route(endpoint=endpoint.label, upstream_path=path)
+        for prefix, scope in _SCOPES:
+            if path == prefix or path.startswith(prefix + "/"):
+                return scoped(scope, path)
+        return scoped("admin", path)
 
     def credential_header(self, api_key: str) -> tuple[str, str]:
         return ("x-api-key", api_key)

@@ -7,6 +7,7 @@ carry usage. Adding a provider format is one new module in this package defining
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -22,9 +23,42 @@ MAX_METERED_BODY = 64 * 1024 * 1024
 class Route:
     """Where a request goes: the endpoint's name and the path appended to the base URL."""
 
-    endpoint: str
+    endpoint: str  # from the format's fixed set of labels (metrics cardinality stays bounded)
     upstream_path: str
     model: str | None = None  # when the path names it (Gemini)
+    scope: str | None = None  # what a gateway key needs beyond inference; None: inference
+
+
+# Labels and scopes for what is not inference (see gateway_keys.SCOPES). `admin` is everything
+# else on the provider's host, so its label is `other`: the path stays in the record only.
+OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An inference endpoint: the methods it answers, its whole path, its metric label."""
+
+    methods: frozenset[str]
+    path: re.Pattern[str]
+    label: str
+
+
+def endpoints(*rows: tuple[str, str, str]) -> tuple[Endpoint, ...]:
+    """("GET DELETE", path regex, label) rows, most frequent first: the first match wins."""
+    return tuple(Endpoint(frozenset(m.split()), re.compile(p), label) for m, p, label in rows)
+
+
+def find_endpoint(table: tuple[Endpoint, ...], method: str, path: str) -> Endpoint | None:
+    for endpoint in table:
+        if method in endpoint.methods and endpoint.path.fullmatch(path):
+            return endpoint
+    return None
+
+
+def scoped(scope: str, upstream_path: str) -> Route:
+    """A route outside inference, labelled by its scope (admin: `other`)."""
+    return Route(endpoint=OTHER if scope == "admin" else scope, upstream_path=upstream_path,
+                 scope=scope)
 
 
 class Meter(Protocol):
@@ -55,16 +89,21 @@ class WireFormat:
     credential_headers: ClassVar[tuple[bytes, ...]]
 
     def route(self, method: str, path: str) -> Route | None:
-        """The route for a path this format owns, else None."""
+        """The route for a path this format claims when no provider is named, else None."""
+        return self.classify(method, path) if self.owns(path) else None
+
+    def owns(self, path: str) -> bool:
+        """Whether the path is this format's (path detection, before any provider header)."""
+        raise NotImplementedError
+
+    def classify(self, method: str, path: str) -> Route:
+        """Any request on this format's host: an inference endpoint (scope None, its own
+        label), else the scope a key needs for it (files, batches, fine_tuning, admin)."""
         raise NotImplementedError
 
     def credential_header(self, api_key: str) -> tuple[str, str]:
         """The header that carries a stored provider key injected by Steward."""
         raise NotImplementedError
-
-    def fallback_route(self, path: str) -> Route:
-        """A path this format does not know, sent here by X-Majordomo-Provider."""
-        return Route(endpoint=path, upstream_path=path)
 
     def error_body(self, status: int, message: str) -> bytes:
         raise NotImplementedError

@@ -11,11 +11,19 @@ from typing import Any
 
 from ..streams import JsonArrayScanner
 from ..usage import Reading, Usage, as_int, dig
-from .base import Meter, Route, WireFormat, loads, stream_error
+from .base import Meter, Route, WireFormat, loads, scoped, stream_error
 
-METHODS = {"generateContent", "streamGenerateContent", "countTokens", "embedContent",
-           "batchEmbedContents", "batchGenerateContent", "predict", "predictLongRunning"}
-_PATH = re.compile(r"^/(v1beta|v1|v1alpha)/models/([^/:]+):([A-Za-z]+)$")
+INFERENCE_METHODS = {"generateContent", "streamGenerateContent", "countTokens", "embedContent",
+                     "batchEmbedContents"}
+_BATCH_METHODS = {"batchGenerateContent", "asyncBatchEmbedContent"}
+# Methods that mark a `/v1/models/...:method` path as Gemini's rather than an OpenAI model id
+# (those may hold colons: ft:gpt-4o-mini:org::id).
+_KNOWN_METHODS = INFERENCE_METHODS | _BATCH_METHODS | {"predict", "predictLongRunning"}
+_CALL = re.compile(r"/(v1beta|v1|v1alpha)/models/([^/:]+):([A-Za-z]+)")
+_MODELS = re.compile(r"/(v1beta|v1|v1alpha)/models(?:/([^/:]+))?")
+_VERSIONED = re.compile(r"(?:/upload)?/(?:v1beta|v1|v1alpha)/([^/:]+)")
+# First segment after the version -> scope; anything else on the host is admin.
+_SCOPES = {"files": "files", "batches": "batches", "tunedModels": "fine_tuning"}
 _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
            414: "INVALID_ARGUMENT", 431: "INVALID_ARGUMENT",
            404: "NOT_FOUND", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
@@ -100,11 +108,26 @@ class GeminiFormat(WireFormat):
     name = "gemini"
     credential_headers = (b"x-goog-api-key",)
 
-    def route(self, method: str, path: str) -> Route | None:
-        match = _PATH.match(path)
-        if match is None or match.group(3) not in METHODS:
-            return None
-        return Route(endpoint=match.group(3), upstream_path=path, model=match.group(2))
+    def owns(self, path: str) -> bool:
+        if path.startswith(("/v1beta/", "/v1alpha/", "/upload/")):
+            return True
+        call = _CALL.fullmatch(path)  # /v1/models and /v1/models/{id} are OpenAI's
+        return call is not None and call.group(3) in _KNOWN_METHODS
+
+    def classify(self, method: str, path: str) -> Route:
+        call = _CALL.fullmatch(path)
+        if call is not None:
+            name = call.group(3)
+            if name in INFERENCE_METHODS and method == "POST":
+                return Route(endpoint=name, upstream_path=path, model=call.group(2))
+            return scoped("batches" if name in _BATCH_METHODS else "admin", path)
+        models = _MODELS.fullmatch(path)
+        if models is not None and method == "GET":
+            return Route(endpoint="models/{id}" if models.group(2) else "models",
+                         upstream_path=path)
+        versioned = _VERSIONED.match(path)
+        scope = _SCOPES.get(versioned.group(1), "admin") if versioned else "admin"
+        return scoped(scope, path)
 
     def credential_header(self, api_key: str) -> tuple[str, str]:
         return ("x-goog-api-key", api_key)

@@ -11,10 +11,34 @@ import json
 from typing import Any
 
 from ..usage import Reading, Usage, as_int, dig
-from .base import Route, WireFormat, loads, stream_error
+from .base import Route, WireFormat, endpoints, find_endpoint, loads, scoped, stream_error
 
-_EXACT = {"/chat/completions", "/completions", "/responses", "/embeddings", "/models"}
-_PREFIXES = ("/responses/", "/models/")
+_ID = r"/[^/]+"
+INFERENCE = endpoints(
+    ("POST", r"/chat/completions", "chat/completions"),
+    ("POST", r"/responses", "responses"),
+    ("POST", r"/embeddings", "embeddings"),
+    ("POST", r"/completions", "completions"),
+    ("GET", r"/models", "models"),
+    ("GET", r"/models" + _ID, "models/{id}"),  # DELETE (a fine-tuned model) is admin
+    ("GET DELETE", r"/responses" + _ID, "responses/{id}"),
+    ("POST", r"/responses" + _ID + "/cancel", "responses/{id}/cancel"),
+    ("GET", r"/responses" + _ID + "/input_items", "responses/{id}/input_items"),
+    ("POST", r"/moderations", "moderations"),
+    ("POST", r"/audio/speech", "audio/speech"),
+    ("POST", r"/audio/transcriptions", "audio/transcriptions"),
+    ("POST", r"/audio/translations", "audio/translations"),
+    ("POST", r"/images/generations", "images/generations"),
+    ("POST", r"/images/edits", "images/edits"),
+    ("POST", r"/images/variations", "images/variations"),
+)
+# First path segment -> scope; any other path on the host is admin.
+_SCOPES = {"files": "files", "uploads": "files", "batches": "batches",
+           "fine_tuning": "fine_tuning"}
+# Detected without X-Majordomo-Provider: the inference families, the scoped ones, and the
+# account APIs a gateway key must be refused (403, not 404) on.
+_OWNED = {"chat", "completions", "responses", "embeddings", "models", "moderations", "audio",
+          "images", *_SCOPES, "organization", "vector_stores", "assistants", "threads"}
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                 403: "permission_error", 404: "not_found_error", 413: "invalid_request_error",
                 429: "rate_limit_error"}
@@ -22,6 +46,10 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
 
 def _strip_version(path: str) -> str:
     return path[3:] if path == "/v1" or path.startswith("/v1/") else path
+
+
+def _first_segment(rest: str) -> str:
+    return rest[1:].split("/", 1)[0]
 
 
 def read_usage(usage: Any) -> Usage:
@@ -122,18 +150,18 @@ class OpenAIFormat(WireFormat):
     name = "openai"
     credential_headers = (b"authorization",)
 
-    def route(self, method: str, path: str) -> Route | None:
+    def owns(self, path: str) -> bool:
+        return _first_segment(_strip_version(path)) in _OWNED
+
+    def classify(self, method: str, path: str) -> Route:
         rest = _strip_version(path)
-        if rest in _EXACT or rest.startswith(_PREFIXES):
-            return Route(endpoint=rest.lstrip("/"), upstream_path=rest)
-        return None
+        endpoint = find_endpoint(INFERENCE, method, rest)
+        if endpoint is not None:
+            return Route(endpoint=endpoint.label, upstream_path=rest)
+        return scoped(_SCOPES.get(_first_segment(rest), "admin"), rest)
 
     def credential_header(self, api_key: str) -> tuple[str, str]:
         return ("authorization", f"Bearer {api_key}")
-
-    def fallback_route(self, path: str) -> Route:
-        rest = _strip_version(path)
-        return Route(endpoint=rest.lstrip("/"), upstream_path=rest)
 
     def error_body(self, status: int, message: str) -> bytes:
         kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
