@@ -142,9 +142,10 @@ class Proxy:
             if self.bodies is not None:
                 ex.body_error = self.bodies.refuse()  # the disk is low: say so, keep serving
             if self.bodies is not None and ex.body_error is None:
-                key = object_key(ex.key.id if ex.key else None, ex.id, ex.started_at)
-                ex.capture = Capture(key, {}, scope["headers"], body, scope["query_string"])
-                ex.body_ref = self.bodies.url(key)
+                stored_as = object_key(key.id, ex.id, ex.started_at)
+                ex.capture = Capture(stored_as, {}, scope["headers"], body,
+                                     scope["query_string"])
+                ex.body_ref = self.bodies.url(stored_as)
             await self._forward(ex, headers, body, receive, send)
         except GatewayError as err:
             await self._fail(ex, fmt, err, send)

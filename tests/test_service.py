@@ -138,9 +138,10 @@ def test_a_dead_worker_is_replaced(fresh_home: tuple[Path, str], upstream: FakeU
     try:
         victim = running.workers()[0]
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(running.workers()) == 2 and victim not in running.workers(), 20,
+        wait_for(lambda: f"worker {victim} exited unexpectedly" in running.log(), 20,
+                 "the supervisor to notice")
+        wait_for(lambda: len(workers := running.workers()) == 2 and victim not in workers, 20,
                  "a new worker")
-        assert f"worker {victim} exited unexpectedly" in running.log()
         for _ in range(4):
             assert _post(running, key).status_code == 200
     finally:
