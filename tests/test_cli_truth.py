@@ -9,6 +9,7 @@ import pty
 import select
 import sqlite3
 import stat
+import termios
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -17,6 +18,7 @@ from steward import db, master_key
 from steward.bucket import CREDENTIALS
 from steward.provider_keys import get_secret
 from tests.support.daemon import STEWARD, cli
+from tests.support.waiting import wait_for
 
 
 def mode(path: Path) -> int:
@@ -88,12 +90,16 @@ def run_on_a_terminal(argv: list[str], answer: str, timeout: float = 60) -> tupl
             if not chunk:
                 break
             shown += chunk
-            if not typed and b"secret access key:" in shown:
+            # click prints the prompt, then getpass turns echo off (discarding anything typed
+            # before) and prints a space: type only once the terminal no longer echoes.
+            if not typed and shown.endswith(b"secret access key: "):
+                wait_for(lambda: not termios.tcgetattr(fd)[3] & termios.ECHO, 10,
+                         "echo turned off")
                 os.write(fd, answer.encode() + b"\n")
                 typed = True
     finally:
-        os.close(fd)
-    _, status = os.waitpid(pid, 0)
+        os.close(fd)  # a child still waiting gets SIGHUP
+        _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
 
 
