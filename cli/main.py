@@ -32,7 +32,7 @@ from steward.spool import read_records
 from steward.storage import LocalStore, open_store
 from steward.upload import backlog, lock_is_free
 from steward.upload_formats import UPLOAD_TOKEN, make_uploader
-from steward.usage_report import Group, parse_since, summarize
+from steward.usage_report import Group, check_grouping, parse_since, summarize
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="Steward: a self-hosted gateway for OpenAI, Anthropic and Gemini.")
@@ -84,6 +84,29 @@ def _vault(home: Path, conn: sqlite3.Connection) -> Vault:
     return vault
 
 
+def _version() -> str:
+    """From the installed package's metadata (also inside the zipapp, which ships it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("steward")
+    except PackageNotFoundError:  # run from a bare source tree: say so rather than guess
+        return "unknown (no package metadata; install Steward to get one)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"steward {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="Print Steward's version and exit.")] = False) -> None:
+    """Steward: a self-hosted gateway for OpenAI, Anthropic and Gemini."""
+
+
 def _when(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
@@ -104,12 +127,16 @@ def init(home: HomeOption = None,
     with _db(target) as conn:
         master, note = master_key.ensure(target, conn, key_store.value)
     if quiet_existing and not result.first_time and not force and note is None:
+        for warning in result.warnings:
+            out.print(f"WARNING: {warning}", highlight=False)
         return
     out.print(f"Steward home: [bold]{target}[/]")
     for name in result.created:
         out.print(f"  created  {name}")
     for name in result.existing:
         out.print(f"  exists   {name} (kept)")
+    for warning in result.warnings:
+        out.print(f"  WARNING: {warning}", highlight=False)
     if note is not None:
         out.print(f"  master key: {note}", highlight=False)
     else:
@@ -257,16 +284,31 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or name")],
 def secrets_status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Which store holds the master key and whether it opens this home's secrets."""
     target = _home(home)
+    reason = None
     with _db(target) as conn:
-        vault, master = master_key.open_vault(target, conn)
-        opened = len(provider_keys.load_all(conn, vault))
-    status = {"store": master.store, "detail": master.detail, "decrypts_database": True,
-              "provider_keys": opened}
+        keys = len(provider_keys.list_keys(conn))
+        try:  # the key must match the database's check value, then open every sealed row
+            vault, master = master_key.open_vault(target, conn)
+            opened = provider_keys.open_all(conn, vault)
+        except StewardError as exc:
+            found = master_key.find(target)
+            if found is None:  # no key anywhere: nothing to report on
+                raise
+            master, opened, reason = found, 0, str(exc)
+    status = {"store": master.store, "detail": master.detail,
+              "decrypts_database": reason is None, "reason": reason, "provider_keys": keys,
+              "secrets_opened": opened}
     if as_json:
         print(json.dumps(status))
-        return
-    out.print(f"master key: {master.store} ({master.detail})", highlight=False)
-    out.print(f"decrypts this home's database: yes ({opened} provider key(s) checked)")
+    else:
+        out.print(f"master key: {master.store} ({master.detail})", highlight=False)
+        out.print("decrypts this home's database: " + (
+            f"yes ({opened} stored secret(s) opened)" if reason is None else "NO"),
+                  highlight=False)
+    if reason is not None:
+        if as_json:
+            raise typer.Exit(1)
+        raise StewardError(reason)
 
 
 @secrets_app.command("rotate-master")
@@ -442,6 +484,7 @@ def usage(since: Annotated[str, typer.Option(help="24h, 7d, or a date")] = "24h"
     """Requests, tokens, cost and latency per group, from the local spool."""
     target = _home(home)
     start = parse_since(since)
+    check_grouping(by)  # before any record is read: an empty spool must not hide a typo
     with _db(target) as conn:
         names = {k.id: k.name for k in gateway_keys.list_keys(conn)}
 
@@ -599,20 +642,30 @@ def bucket_set(url: Annotated[str, typer.Argument(help="file:///path, s3://bucke
                credentials_file: Annotated[str | None, typer.Option(
                    help="GCS service-account JSON")] = None,
                access_key_id: Annotated[str | None, typer.Option(
-                   help="S3 access key id; the secret is read from stdin")] = None,
+                   help="S3 access key id; the secret is asked for with a hidden prompt, or "
+                   "read from standard input")] = None,
+               secret_stdin: Annotated[bool, typer.Option(
+                   "--secret-stdin", help="Read the secret access key from standard "
+                   "input.")] = False,
                home: HomeOption = None) -> None:
     """Send bodies to URL (S3 access keys are stored encrypted)."""
     target = _home(home)
     settings = {"bodies.url": url, "bodies.region": region, "bodies.endpoint_url": endpoint_url,
                 "bodies.sse": sse, "bodies.kms_key_id": kms_key_id,
                 "bodies.credentials_file": credentials_file}
+    secret = ""
+    if access_key_id is not None:  # asked first: an abandoned prompt changes nothing
+        if secret_stdin or not sys.stdin.isatty():
+            secret = sys.stdin.readline().strip()
+        else:  # a person at a terminal: never echo the secret or leave it in shell history
+            secret = typer.prompt("S3 secret access key", hide_input=True).strip()
+        if not secret:
+            raise StewardError("--access-key-id: no secret access key given (type it at the "
+                               "prompt, or pipe it with --secret-stdin)")
     for key, value in settings.items():
         if value is not None:
             set_value(target, key, value)
     if access_key_id is not None:
-        secret = sys.stdin.readline().strip()
-        if not secret:
-            raise StewardError("--access-key-id: give the secret access key on standard input")
         with _db(target) as conn:
             store_credentials(conn, _vault(target, conn), access_key_id, secret)
     out.print(f"Bodies will be stored in {url}. Check it with `steward bucket test`; running "

@@ -21,6 +21,8 @@ from .home import DB_FILE
 from .storage import open_store
 from .upload_formats import ENCODERS, UPLOAD_TOKEN
 
+PROBE_KEY = "steward-doctor-probe"  # the Idempotency-Key of doctor's empty upload batch
+
 
 @dataclass
 class Check:
@@ -82,7 +84,7 @@ def run_checks(home: Path) -> list[Check]:
         state["conn"] = conn
         vault, found = master_key.open_vault(home, conn)
         state["vault"] = vault
-        provider_keys.load_all(conn, vault)
+        provider_keys.open_all(conn, vault)
         return f"from {found.store} ({found.detail}); it decrypts the database"
 
     checks.append(_check("master key available and correct", master_key.MISSING_HELP, key))
@@ -121,20 +123,32 @@ def _service_checks(cfg: Config, conn: sqlite3.Connection, vault: Vault) -> list
                              "check `steward bucket show` and the bucket's permissions", bucket))
     if cfg.metadata.upload_url:
         def upload() -> str:
+            # The probe is an empty batch in the configured format: zero records, so a
+            # collector has nothing to store, under one fixed Idempotency-Key so one that
+            # logs batches keeps at most one. Only an answer the uploader itself would take
+            # as success (2xx; exactly 200 for majordomo) proves URL and token work.
             token = provider_keys.get_secret(conn, vault, UPLOAD_TOKEN)
-            body, headers = ENCODERS[cfg.metadata.format][0](b"")
+            encode, accepted = ENCODERS[cfg.metadata.format]
+            body, headers = encode(b"")
+            headers |= {"Idempotency-Key": PROBE_KEY, "X-Steward-Probe": "doctor"}
             if token:
                 headers["Authorization"] = f"Bearer {token}"
             response = httpx.post(cfg.metadata.upload_url, content=body, headers=headers,
                                   timeout=10)
             if response.status_code in (401, 403):
-                raise StewardError(f"the endpoint refused the token ({response.status_code})")
-            if response.status_code >= 500:
-                raise StewardError(f"the endpoint answered {response.status_code}")
-            return f"{cfg.metadata.upload_url} answered {response.status_code}"
+                raise StewardError(f"the endpoint refused the token ({response.status_code})"
+                                   if token else f"the endpoint wants a token "
+                                   f"({response.status_code}) and none is stored")
+            if not accepted(response.status_code):
+                raise StewardError(f"{cfg.metadata.upload_url} answered "
+                                   f"{response.status_code} to an empty batch; the uploader "
+                                   "would not count that as accepted")
+            return (f"{cfg.metadata.upload_url} accepted an empty batch "
+                    f"({response.status_code})" + (" with the stored token" if token else ""))
 
         checks.append(_check("upload endpoint reachable, token accepted",
-                             "`steward upload set URL --token-stdin` with a valid token", upload))
+                             "check metadata.upload_url, then `steward upload set URL "
+                             "--token-stdin` with a valid token", upload))
 
     def ports() -> str:
         notes = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,14 +43,26 @@ class InitResult:
     created: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     first_time: bool = False
+    warnings: list[str] = field(default_factory=list)
 
 
 def init_home(home: Path, force: bool = False) -> InitResult:
     """Create what is missing; with force, reset steward.toml (keeping a .bak). Never drops data."""
     result = InitResult(home=home, first_time=not (home / DB_FILE).exists())
     try:
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(home, 0o700)
+        try:
+            home.mkdir(mode=0o700, parents=True)
+            os.chmod(home, 0o700)  # ours: exactly 0700 whatever the umask
+        except FileExistsError:
+            # Not ours (an operator's directory, a shared mount, /tmp): never change its mode,
+            # only say so when others can read it.
+            if not home.is_dir():
+                raise StewardError(f"{home} exists and is not a directory") from None
+            mode = stat.S_IMODE(home.stat().st_mode)
+            if mode & 0o044:
+                result.warnings.append(
+                    f"{home} is readable by other users (mode {mode:04o}); Steward's own files "
+                    f"in it are private, but consider `chmod 700 {home}`")
         for name in SUBDIRS:
             sub = home / name
             (result.existing if sub.exists() else result.created).append(f"{name}/")

@@ -94,6 +94,19 @@ def get_secret(conn: sqlite3.Connection, vault: Vault, name: str) -> str | None:
     return vault.open(row[0], row[1], f"secret:{name}").decode() if row else None
 
 
+def open_all(conn: sqlite3.Connection, vault: Vault) -> int:
+    """Decrypt every sealed row (provider keys and other secrets); how many opened.
+
+    Raises DecryptError naming the first row this vault cannot open: the check value alone
+    proves the key is this home's, not that every row was sealed under it.
+    """
+    opened = len(load_all(conn, vault))
+    for name, purpose, blob in conn.execute("SELECT name, purpose, sealed FROM sealed_secrets"):
+        vault.open(purpose, blob, f"secret:{name}")
+        opened += 1
+    return opened
+
+
 def reseal_all(conn: sqlite3.Connection, old: Vault, new: Vault) -> int:
     """Re-encrypt every secret under a new master key; the caller holds the transaction."""
     count = 0

@@ -39,6 +39,12 @@ def record_time(record: dict[str, Any]) -> float:
     return datetime.fromisoformat(record["ts"].replace("Z", "+00:00")).timestamp()
 
 
+def check_grouping(by: str) -> None:
+    """Refuse an unknown --by at once, whether or not there are records to group."""
+    if by not in ("model", "provider", "key") and not (by.startswith("tag:") and len(by) > 4):
+        raise StewardError(f"--by {by!r}: use one of {', '.join(GROUPINGS)}")
+
+
 def group_of(record: dict[str, Any], by: str, key_names: dict[str, str]) -> str:
     if by == "model":
         return record.get("response_model") or record.get("model") or "(none)"

@@ -16,7 +16,7 @@ def doctor(home: Path, env: dict[str, str]) -> tuple[int, dict]:
 def test_doctor_passes_on_a_good_home(fresh_home: tuple[Path, str],
                                       upstream: FakeUpstream) -> None:
     home, _ = fresh_home
-    collector = Collector().start()
+    collector = Collector(token="tok").start()
     try:
         cli("upload", "set", collector.url, "--token-stdin", home=home, input="tok\n")
         env = {**provider_env(upstream.url), "STEWARD_SERVER__PORT": str(free_port()),
@@ -34,6 +34,33 @@ def test_doctor_passes_on_a_good_home(fresh_home: tuple[Path, str],
         names)
     assert all(c["ok"] for c in report["checks"])
     assert "✓ master key available and correct" in table
+    # The probe was an empty batch the collector accepted with the token: nothing stored.
+    assert [(u.status, u.records, u.key) for u in collector.uploads] == [
+        (200, [], "steward-doctor-probe")] * 2
+    assert collector.accepted() == []
+
+
+def upload_check(home: Path, url: str) -> dict:
+    dead = f"http://127.0.0.1:{free_port()}"
+    cli("upload", "set", url, "--token-stdin", home=home, input="tok\n")
+    _, report = doctor(home, {**provider_env(dead), "STEWARD_SERVER__PORT": str(free_port()),
+                              "STEWARD_SERVER__ADMIN_PORT": str(free_port())})
+    return next(c for c in report["checks"] if c["name"].startswith("upload endpoint"))
+
+
+def test_doctor_reports_a_refused_token_and_a_wrong_url(fresh_home: tuple[Path, str]) -> None:
+    home, _ = fresh_home
+    collector = Collector(token="the-right-token").start()
+    try:
+        refused = upload_check(home, collector.url)
+        wrong_path = upload_check(home, collector.url.replace("/ingest", "/not-ingest"))
+    finally:
+        collector.stop()
+    assert not refused["ok"] and "refused the token (401)" in refused["detail"]
+    assert refused["fix"]
+    # A 404 is not "token accepted": only what the uploader counts as success passes.
+    assert not wrong_path["ok"] and "answered 404" in wrong_path["detail"], wrong_path
+    assert collector.accepted() == []
 
 
 def test_doctor_names_the_failing_checks(fresh_home: tuple[Path, str]) -> None:

@@ -63,6 +63,6 @@ PY
     assert not (home / "master.key").exists()
     for name in ("before.json", "after.json"):
         status = json.loads((tmp_path / name).read_text())
-        assert status["store"] == "keyring" and status["decrypts_database"]
-        assert status["provider_keys"] == 1
+        assert status["store"] == "keyring" and status["decrypts_database"] is True
+        assert (status["provider_keys"], status["secrets_opened"]) == (1, 1)
     assert (tmp_path / "entry.txt").read_text().split() == ["True", "True"]

@@ -90,7 +90,7 @@ def test_master_key_from_env_and_credential_directory(fresh_home: tuple[Path, st
     (home / "master.key").rename(tmp_path / "moved.key")
     as_env = json.loads(cli("secrets", "status", "--json", home=home,
                             env={"STEWARD_MASTER_KEY": key_hex}).stdout)
-    assert as_env["store"] == "env" and as_env["decrypts_database"]
+    assert as_env["store"] == "env" and as_env["decrypts_database"] is True
     as_b64 = cli("secrets", "status", "--json", home=home,
                  env={"STEWARD_MASTER_KEY": base64.b64encode(bytes.fromhex(key_hex)).decode()})
     assert json.loads(as_b64.stdout)["store"] == "env"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -19,6 +20,7 @@ from google.genai import types as genai_types
 
 from tests.support.daemon import Daemon
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.waiting import wait_for
 
 Gateway = tuple[Daemon, str]
 
@@ -404,9 +406,39 @@ def test_too_many_tags_is_400(gateway: Gateway) -> None:
     assert "tags" in got.json()["error"]["message"]
 
 
-def test_nothing_blocks_the_event_loop(gateway: Gateway) -> None:
-    """Runs last in this module: the shared daemon logs any callback that held the loop
-    10 ms or more (asyncio debug mode); the traffic above must not have produced one."""
+LOOP_TRAFFIC = [  # (path, body, x-fake-behavior): every format, JSON and streams, gzip, errors
+    ("/v1/chat/completions", {"model": "gpt-4o", "messages": MESSAGES}, ""),
+    ("/v1/chat/completions", {"model": "gpt-4o", "messages": MESSAGES, "stream": True,
+                              "stream_options": {"include_usage": True}}, ""),
+    ("/v1/chat/completions", {"model": "gpt-4o", "messages": MESSAGES}, "gzip"),
+    ("/v1/responses", {"model": "gpt-4o", "input": "hi", "stream": True}, ""),
+    ("/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 9, "messages": MESSAGES}, ""),
+    ("/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 9, "messages": MESSAGES,
+                      "stream": True}, ""),
+    ("/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 9, "messages": MESSAGES},
+     "status:429"),
+    ("/v1beta/models/gemini-2.5-flash:generateContent",
+     {"contents": [{"parts": [{"text": "hi"}]}]}, ""),
+    ("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+     {"contents": [{"parts": [{"text": "hi"}]}]}, ""),
+    ("/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+     {"contents": [{"parts": [{"text": "hi"}]}]}, ""),
+]
+
+
+def test_nothing_blocks_the_event_loop(gateway: Gateway, tag: str) -> None:
+    """The shared daemon logs any callback that held the loop 10 ms or more (asyncio debug
+    mode). This test drives its own traffic of every kind (and waits until its bodies are
+    stored), so it checks something when run alone; run last, it also covers all above."""
+    with httpx.Client(timeout=30) as client:
+        for path, body, behavior in LOOP_TRAFFIC:
+            got = client.post(gateway[0].url + path, json=body, headers={
+                **raw_headers(gateway, tag), "x-fake-behavior": behavior})
+            assert got.status_code == (429 if behavior == "status:429" else 200), got.text
+    records = [r for r in gateway[0].records() if r["tags"].get("test") == tag]
+    assert len(records) == len(LOOP_TRAFFIC)
+    wait_for(lambda: all(Path(r["body_ref"].removeprefix("file://")).exists() for r in records),
+             30, "every body stored")
     steady = gateway[0].log_path.read_bytes()[gateway[0].warm_log_offset:].decode()
     slow = [line for line in steady.splitlines() if "Executing" in line and "took" in line]
     assert slow == []

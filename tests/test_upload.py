@@ -17,7 +17,8 @@ from tests.support.daemon import Daemon, cli, free_port, provider_env
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.waiting import wait_for
 
-BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+PROMPT = "prompt-text-that-must-stay-local-5e1f"  # distinctive: found if it leaks anywhere
+BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": PROMPT}]}
 TOKEN = "mdm_st_collector-token-31337"
 
 
@@ -65,8 +66,10 @@ def test_batches_are_gzipped_authenticated_and_idempotent(
     assert len({u.key for u in collector.uploads}) == len(collector.uploads)
     # The uploaded records are the spooled ones, byte for byte, and carry no message text.
     assert collector.accepted() == daemon.records()
-    assert "Hello" not in json.dumps(collector.accepted()) and "hi" not in json.dumps(
-        [r.get("model") for r in collector.accepted()])
+    # Neither the prompt (which did reach the provider) nor the completion left the host.
+    assert PROMPT.encode() in upstream.last().body
+    sent = json.dumps([u.records for u in collector.uploads])
+    assert PROMPT not in sent and "Hello from the fake" not in sent
     status = json.loads(cli("spool", "status", "--json", home=home).stdout)
     assert status["pending_records"] == 0 and status["last_error"] is None
     assert TOKEN.encode() not in (home / "steward.db").read_bytes()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import zipfile
+from importlib.metadata import version
 from pathlib import Path
 
 import openai
@@ -33,6 +34,9 @@ def test_single_file_executable_serves_a_request(tmp_path: Path,
     help_text = subprocess.run([str(exe), "--help"], capture_output=True, text=True, env={
         **os.environ, **env}, timeout=120)
     assert help_text.returncode == 0 and "init" in help_text.stdout
+    shown = subprocess.run([str(exe), "--version"], capture_output=True, text=True, env={
+        **os.environ, **env}, timeout=120)
+    assert shown.stdout == f"steward {version('steward')}\n", shown.stderr  # metadata shipped
     home = tmp_path / "home"
     key = init_home(home)
     daemon = Daemon(home, env=env, executable=str(exe)).start(timeout=120)

@@ -1,8 +1,13 @@
 """The unit file passes systemd's own checks: verify says nothing, and the security review's
-exposure stays at or under 2.0 (`--threshold=20`; the unit scores 1.1 today)."""
+exposure stays at or under 2.0 (`--threshold=20`; the unit scores 1.1 today).
+
+.ci/run installs systemd and sets STEWARD_REQUIRE_SYSTEMD_ANALYZE=1, so in CI these checks run
+or fail; on a machine without systemd-analyze they are skipped with the reason.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,8 +17,17 @@ import pytest
 from tests.support.daemon import STEWARD
 
 UNIT = Path(__file__).resolve().parents[2] / "packaging" / "steward.service"
-pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                reason="needs systemd-analyze (Debian: systemd)")
+ANALYZE = shutil.which("systemd-analyze")
+REQUIRED = os.environ.get("STEWARD_REQUIRE_SYSTEMD_ANALYZE") == "1"
+needs_analyze = pytest.mark.skipif(ANALYZE is None and not REQUIRED,
+                                   reason="needs systemd-analyze (Debian: systemd)")
+
+
+def analyze(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    if ANALYZE is None:
+        pytest.fail("systemd-analyze is missing and STEWARD_REQUIRE_SYSTEMD_ANALYZE=1 "
+                    "(Debian: apt-get install systemd)")
+    return subprocess.run([ANALYZE, *args], capture_output=True, text=True, cwd=cwd)
 
 
 def local_copy(tmp_path: Path) -> Path:
@@ -23,17 +37,17 @@ def local_copy(tmp_path: Path) -> Path:
     return copy
 
 
+@needs_analyze
 def test_verify_is_silent(tmp_path: Path) -> None:
-    result = subprocess.run(["systemd-analyze", "verify", str(local_copy(tmp_path))],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = analyze("verify", str(local_copy(tmp_path)), cwd=tmp_path)
     assert result.returncode == 0
     assert result.stderr == "" and result.stdout == ""
 
 
+@needs_analyze
 def test_security_exposure_under_threshold(tmp_path: Path) -> None:
-    result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=20",
-                             str(local_copy(tmp_path))], capture_output=True, text=True,
-                            cwd=tmp_path)
+    result = analyze("security", "--offline=yes", "--threshold=20", str(local_copy(tmp_path)),
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-500:]
     assert "Overall exposure level for steward.service: 1." in result.stdout
 

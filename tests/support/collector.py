@@ -1,5 +1,6 @@
 """A loopback metadata collector: records every upload, answers as scripted, and drops
-repeated Idempotency-Keys as a real receiver would."""
+repeated Idempotency-Keys as a real receiver would. Given a token, it refuses (401) any
+upload without that bearer token, as a real one would."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class Collector:
     uploads: list[Upload] = field(default_factory=list)
     plan: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # next answers
     accepted_keys: set[str] = field(default_factory=set)
+    token: str | None = None  # when set, uploads must carry `Authorization: Bearer <token>`
     _server: LoopbackServer | None = None
 
     @property
@@ -49,7 +51,11 @@ class Collector:
             records = json.loads(raw)["records"]
         else:
             records = [json.loads(line) for line in raw.splitlines()]
-        status, headers = self.plan.pop(0) if self.plan else (200, {})
+        if self.token is not None and request.headers.get("Authorization") != (
+                f"Bearer {self.token}"):
+            status, headers = 401, {}
+        else:
+            status, headers = self.plan.pop(0) if self.plan else (200, {})
         key = request.headers.get("Idempotency-Key", "")
         self.uploads.append(Upload(key, dict(request.headers), records, status))
         if 200 <= status < 300:
