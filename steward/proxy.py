@@ -168,6 +168,12 @@ class Proxy:
         if UNSAFE_PATH.search(raw_path):
             raise GatewayError(400, "the path contains '..', an encoded '.', '/' or '\\', or a "
                                "control character; LLM API paths never do")
+        names = {n for n, _ in headers}
+        if b"transfer-encoding" in names and b"content-length" in names:
+            # RFC 9112 6.3: the two framings disagree on where the body ends, so bytes after
+            # it could run as a second request; refuse, and close so none does.
+            raise GatewayError(400, "the request has both Transfer-Encoding and Content-Length;"
+                               " send one of them", headers={"Connection": "close"})
 
     def _take_credentials(self, ex: Exchange, headers: list[tuple[str, str]],
                           key_value: str | None
@@ -365,6 +371,7 @@ class Proxy:
                     "headers": out_headers})
         remaining = response.content_length if "Transfer-Encoding" not in response.headers \
             else None
+        closed = _until_close(response)
         loop = asyncio.get_running_loop()
         idle = self.limits.stream_idle_timeout
         end_at = loop.time() + self.limits.max_stream_duration - (time.perf_counter() - ex.t0)
@@ -389,6 +396,15 @@ class Proxy:
             ex.error = f"upstream failed mid-response: {exc.__class__.__name__}"
             await self._account(ex)
             return  # returning without finishing makes the server cut the connection
+        broken = closed.exception() if closed is not None and closed.done() else None
+        if broken is not None:
+            # Only the close ended this body, and it was a reset, not a clean end: the caller
+            # must see the same break, as it would calling the provider directly.
+            ex.reading = meter.finish()
+            cause = broken.__cause__ or broken
+            ex.error = f"upstream failed mid-response: {cause.__class__.__name__}"
+            await self._account(ex)
+            return
         if not ex.recorded:
             ex.reading = meter.finish()
             await self._account(ex)
@@ -437,6 +453,19 @@ class Limiter:
 
     def release(self) -> None:
         self.semaphore.release()
+
+
+def _until_close(response: aiohttp.ClientResponse) -> asyncio.Future[None] | None:
+    """For a body with neither length nor chunks (read until the upstream closes), the future
+    of the close: aiohttp ends such a body cleanly on a reset too, and only this tells them
+    apart (it fails with the reset). None for bodies framed any other way."""
+    if ("Content-Length" in response.headers or "Transfer-Encoding" in response.headers
+            or response.connection is None or response.connection.protocol is None):
+        return None
+    closed = response.connection.protocol.closed
+    if closed is not None:
+        closed.add_done_callback(lambda f: f.cancelled() or f.exception())  # always retrieved
+    return closed
 
 
 def _on_disconnect(watcher: asyncio.Future[dict[str, Any]], ex: Exchange,
