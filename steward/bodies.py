@@ -37,6 +37,9 @@ PENDING_DIR = "pending-bodies"
 BODIES_STATUS = "bodies-status.json"  # written by the gateway for `steward bucket status`
 PENDING_SUFFIX = ".json.gz"
 LARGE_BODY = 4 * 1024 * 1024
+# A compressed response is stored decompressed up to this size (the meter's), else as it came.
+MAX_DECODED_BODY = 64 * 1024 * 1024
+DECODE_PIECE = 1024 * 1024
 
 
 @dataclass
@@ -106,18 +109,34 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
     return next((v.decode("latin-1") for k, v in headers if k.lower() == name), "")
 
 
-def _decoded(data: bytes, encoding: str) -> bytes:
-    """The readable body: a gzip/deflate response is stored decompressed."""
-    if encoding in ("gzip", "deflate"):
-        with contextlib.suppress(zlib.error):
-            return zlib.decompress(data, 32 + 15 if encoding == "gzip" else 15)
-    return data
+def _decoded(data: bytes, encoding: str) -> bytes | bytearray | None:
+    """The readable body: a gzip/deflate response decompressed, a piece at a time and only up
+    to MAX_DECODED_BODY (a bomb is never inflated whole); None if it cannot be."""
+    if encoding not in ("gzip", "deflate"):
+        return data
+    decoder = zlib.decompressobj(32 + 15 if encoding == "gzip" else 15)
+    out = bytearray()
+    try:
+        while True:
+            piece = decoder.decompress(data, DECODE_PIECE)
+            out += piece
+            if len(out) > MAX_DECODED_BODY:
+                return None
+            data = decoder.unconsumed_tail
+            if not data and len(piece) < DECODE_PIECE:
+                return out
+    except zlib.error:
+        return None
 
 
-def _with_body(fields: dict[str, Any], data: bytes | bytearray, content_type: str,
-               streamed: bool) -> list[bytes | bytearray]:
-    """fields as a JSON object with "body" and "body_encoding" added, as pieces to write."""
-    body, encoding = encode_body(data, content_type, streamed)
+def _with_body(fields: dict[str, Any], data: bytes | bytearray | None, content_type: str,
+               streamed: bool, raw: bytes = b"") -> list[bytes | bytearray]:
+    """fields as a JSON object with "body" and "body_encoding" added, as pieces to write.
+    data None: the raw bytes could not be decoded, and are stored as they came, in base64."""
+    if data is None:
+        body, encoding = json.dumps(base64.b64encode(raw).decode()).encode(), "base64"
+    else:
+        body, encoding = encode_body(data, content_type, streamed)
     head = json.dumps({**fields, "body_encoding": encoding}, ensure_ascii=False).encode()
     return [head[:-1], b', "body": ', body, b"}"]
 
@@ -140,7 +159,8 @@ def build_document(capture: Capture) -> bytes:
         {"status": capture.response_status,
          "headers": redact_headers(capture.response_headers)},
         _decoded(response_body, encoding), response_type,
-        response_type.startswith("text/event-stream") or capture.meta.get("stream", False))
+        response_type.startswith("text/event-stream") or capture.meta.get("stream", False),
+        raw=response_body)
     gz = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: a gzip container
     pieces = [gz.compress(piece) for piece in (meta[:-1], b', "request": ', *request,
                                                b', "response": ', *response, b"}")]

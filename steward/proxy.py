@@ -354,7 +354,8 @@ class Proxy:
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
         ex.stream = content_type.startswith("text/event-stream") or (
             ex.route.endpoint == "streamGenerateContent")
-        meter: Meter = ex.upstream.fmt.meter(ex.route, response.status, content_type)
+        meter: Meter = ex.upstream.fmt.meter(ex.route, response.status, content_type,
+                                             self.limits.max_sse_line_bytes)
         if encoding in ("gzip", "deflate"):
             meter = DecodingMeter(meter, encoding)
         ex.meter = meter

@@ -4,22 +4,39 @@ when usage could not be read, and no memory an upstream can make Steward spend w
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import re
 import socket
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import httpx
 import pytest
 
-from tests.support.daemon import Daemon
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.daemon import Daemon, init_home, provider_env
+from tests.support.fake_upstream import FakeUpstream, gzip_bomb
 from tests.support.waiting import wait_for
 
 Gateway = tuple[Daemon, str]
 CHAT = "/v1/chat/completions"
 STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A daemon of this module's own: inflating a bomb's first 64 MiB holds the event loop
+    longer than the shared daemon's slow-callback watch allows."""
+    home = tmp_path_factory.mktemp("hostile")
+    key = init_home(home)
+    daemon = Daemon(home, env=provider_env(upstream.url)).start()
+    daemon.warm_log_offset = daemon.log_path.stat().st_size
+    yield daemon, key
+    daemon.stop()
 
 
 def converse(daemon: Daemon, request: bytes, timeout: float = 20) -> bytes:
@@ -137,6 +154,93 @@ def test_a_body_without_length_ended_by_a_clean_close_is_complete(gateway: Gatew
     assert got == 200 and body.endswith(b"0\r\n\r\n")
     rec = record(daemon, headers["x-majordomo-request-id"])
     assert rec["error"] is None and rec["input_tokens"] == 25
+
+
+# -- unreadable usage -----------------------------------------------------------------------
+
+# (behavior, stream, what the caller gets, the record's error)
+UNREADABLE = [
+    ("not-json", False, b"<html>upstream proxy error</html>",
+     "usage_unreadable: the response body does not parse as JSON"),
+    ("bad-gzip", False, b"this is not gzip",
+     "usage_unreadable: the body could not be decompressed (invalid gzip)"),
+    ("sse-not-json", True, b"data: <html>bad gateway</html>\n\ndata: upstream timed out\n\n",
+     "usage_unreadable: 2 of 2 stream events are not JSON"),
+]
+
+
+@pytest.mark.parametrize(("behavior", "stream", "relayed", "error"), UNREADABLE,
+                         ids=[c[0] for c in UNREADABLE])
+def test_unreadable_usage_is_recorded_and_counted(gateway: Gateway, behavior: str,
+                                                  stream: bool, relayed: bytes,
+                                                  error: str) -> None:
+    daemon, key = gateway
+    before = unreadable_count(daemon)
+    body = json.dumps({"model": "gpt-4o", "stream": stream}).encode()
+    with httpx.stream("POST", daemon.url + CHAT, content=body, timeout=30, headers={
+            "X-Majordomo-Key": key, "Authorization": "Bearer sk", "x-fake-behavior": behavior,
+            "Accept-Encoding": "gzip"}) as got:
+        raw = b"".join(got.iter_raw())
+    assert got.status_code == 200 and raw == relayed  # the caller's answer unchanged
+    rec = record(daemon, got.headers["x-majordomo-request-id"])
+    assert rec["error"] == error and rec["input_tokens"] is None
+    assert unreadable_count(daemon) == before + 1
+
+
+# -- decompression bombs --------------------------------------------------------------------
+
+def stored_body(daemon: Daemon, rec: dict[str, Any]) -> dict[str, Any]:
+    path = Path(unquote(urlparse(rec["body_ref"]).path))
+    wait_for(path.exists, 30, "the body document")
+    return json.loads(gzip.decompress(path.read_bytes()))
+
+
+def test_a_decompression_bomb_is_relayed_as_sent_and_not_inflated(gateway: Gateway) -> None:
+    daemon, key = gateway
+    with httpx.stream("POST", daemon.url + CHAT, json={"model": "gpt-4o"}, timeout=60, headers={
+            "X-Majordomo-Key": key, "Authorization": "Bearer sk", "x-fake-behavior": "bomb:256",
+            "Accept-Encoding": "gzip"}) as got:
+        raw = b"".join(got.iter_raw())  # the compressed bytes, as the upstream sent them
+    assert got.status_code == 200 and raw == gzip_bomb(256)
+    rec = record(daemon, got.headers["x-majordomo-request-id"])
+    assert rec["error"] == "usage_unreadable: decompressed size over 64 MiB (the metered size)"
+    assert rec["input_tokens"] is None
+    doc = stored_body(daemon, rec)["response"]
+    assert doc["body_encoding"] == "base64"  # stored as it came, compressed
+    assert base64.b64decode(doc["body"]) == raw
+    assert ["content-encoding", "gzip"] in doc["headers"]
+
+
+# -- endless stream lines -------------------------------------------------------------------
+
+def test_an_endless_stream_line_is_relayed_and_skipped_for_accounting(gateway: Gateway) -> None:
+    daemon, key = gateway
+    with httpx.stream("POST", daemon.url + CHAT, timeout=60, headers={
+            "X-Majordomo-Key": key, "Authorization": "Bearer sk",
+            "x-fake-behavior": "endless-line:32"},
+            json={"model": "gpt-4o", "stream": True}) as got:
+        size = sum(len(chunk) for chunk in got.iter_raw())
+    assert got.status_code == 200 and size > 32 * 1024 * 1024  # relayed whole
+    rec = record(daemon, got.headers["x-majordomo-request-id"])
+    assert rec["input_tokens"] == 25  # usage still read from the events after the long line
+    assert rec["error"] == ("a stream line over 16777216 bytes was skipped for accounting "
+                            "(limits.max_sse_line_bytes)")
+
+
+# -- tag values -----------------------------------------------------------------------------
+
+def test_a_tag_value_that_is_not_utf8_is_refused(gateway: Gateway, upstream: FakeUpstream
+                                                 ) -> None:
+    daemon, key = gateway
+    mark = uuid.uuid4().hex
+    reply = converse(daemon, request(key, "Content-Length: 19", f"X-Fake-Case: {mark}",
+                                     "X-Majordomo-Team: caf\xe9"))
+    got, headers, body = split_reply(reply)
+    assert got == 400
+    message = json.loads(body)["error"]["message"]
+    assert "X-Majordomo-Team" in message and "UTF-8" in message
+    assert not [r for r in upstream.requests if r.headers.get("x-fake-case") == mark]
+    assert record(daemon, headers["x-majordomo-request-id"])["status"] == 400
 
 
 def test_still_healthy_and_nothing_crashed(gateway: Gateway) -> None:

@@ -199,7 +199,7 @@ class FakeUpstream:
             transport.abort()  # with SO_LINGER 0: a RST, not a FIN
             return web.Response()
         if behavior == "sse-not-json":
-            events = [(None, "<html>bad gateway</html>"), (None, "{\"choices\": [")]
+            events = [(None, "<html>bad gateway</html>"), (None, "upstream timed out")]
             return await self.sse(request, events, "")
         if behavior.startswith("bomb:"):
             return web.Response(body=gzip_bomb(int(behavior.split(":", 1)[1])),
