@@ -363,11 +363,10 @@ class Proxy:
                        if k.lower() not in HOP_BY_HOP or k.lower() == b"content-length"]
         out_headers.append((REQUEST_ID_HEADER, ex.id.encode()))
         ex.responded = True
-        chunks = None
-        if ex.capture is not None:
-            ex.capture.response_status = response.status
-            ex.capture.response_headers = out_headers
-            chunks = ex.capture.response_chunks
+        capture = ex.capture
+        if capture is not None:
+            capture.response_status = response.status
+            capture.response_headers = out_headers
         await send({"type": "http.response.start", "status": response.status,
                     "headers": out_headers})
         remaining = response.content_length if "Transfer-Encoding" not in response.headers \
@@ -384,8 +383,8 @@ class Proxy:
                 if ex.first_byte_at is None:
                     ex.first_byte_at = time.perf_counter()
                 meter.feed(chunk)
-                if chunks is not None:
-                    chunks.append(chunk)
+                if capture is not None:
+                    capture.add(chunk)  # past a size, on to a temporary file
                 if remaining is not None:
                     remaining -= len(chunk)
                     if remaining <= 0:  # the caller is complete once this chunk lands

@@ -4,9 +4,11 @@ when usage could not be read, and no memory an upstream can make Steward spend w
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
+import random
 import re
 import socket
 import uuid
@@ -18,6 +20,8 @@ from urllib.parse import unquote, urlparse
 import httpx
 import pytest
 
+from steward import bodies
+from steward.bodies import SPILL_AT, Capture, build_document
 from tests.support.daemon import Daemon, init_home, provider_env
 from tests.support.fake_upstream import FakeUpstream, gzip_bomb
 from tests.support.waiting import wait_for
@@ -225,6 +229,57 @@ def test_an_endless_stream_line_is_relayed_and_skipped_for_accounting(gateway: G
     assert rec["input_tokens"] == 25  # usage still read from the events after the long line
     assert rec["error"] == ("a stream line over 16777216 bytes was skipped for accounting "
                             "(limits.max_sse_line_bytes)")
+
+
+# -- huge captured responses ---------------------------------------------------------------
+
+def captured(pieces: list[bytes], content_type: bytes, encoding: bytes = b"") -> dict[str, Any]:
+    """The response part of the document of a capture fed these chunks as the proxy feeds it."""
+    async def run() -> bytes:
+        capture = Capture("k", {"id": "x", "stream": True}, [], b"{}", b"")
+        capture.response_headers = [(b"content-type", content_type)]
+        if encoding:
+            capture.response_headers.append((b"content-encoding", encoding))
+        for piece in pieces:
+            capture.add(piece)
+        assert capture.spill is not None
+        await capture.spill.settle()
+        try:
+            return await asyncio.to_thread(build_document, capture)
+        finally:
+            capture.release()
+    return json.loads(gzip.decompress(asyncio.run(run())))["response"]
+
+
+def test_a_spilled_stream_is_stored_as_the_text_the_caller_got() -> None:
+    text = "data: {\"content\": \"caf\u00e9 \U0001f600 \\\"q\\\"\"}\n\n" * 300_000
+    raw = text.encode()  # > SPILL_AT, cut below mid-character
+    doc = captured([raw[i:i + 65_537] for i in range(0, len(raw), 65_537)],
+                   b"text/event-stream")
+    assert doc["body_encoding"] == "sse" and doc["body"] == text
+
+
+def test_a_spilled_body_that_is_not_text_is_stored_as_it_came() -> None:
+    raw = bytes(range(256)) * (SPILL_AT // 128)
+    doc = captured([raw[i:i + 50_000] for i in range(0, len(raw), 50_000)],
+                   b"application/octet-stream")
+    assert doc["body_encoding"] == "base64" and base64.b64decode(doc["body"]) == raw
+    packed = gzip.compress(random.Random(3).randbytes(SPILL_AT + 1000))  # spills; not inflated
+    doc = captured([packed[i:i + 65_536] for i in range(0, len(packed), 65_536)],
+                   b"application/json", b"gzip")
+    assert doc["body_encoding"] == "base64" and base64.b64decode(doc["body"]) == packed
+
+
+def test_a_disk_that_refuses_the_spill_keeps_the_body_in_memory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(bodies.tempfile, "TemporaryFile", refuse)
+    text = "data: x\n\n" * (SPILL_AT // 4)
+    raw = text.encode()
+    doc = captured([raw[i:i + 65_536] for i in range(0, len(raw), 65_536)],
+                   b"text/event-stream")
+    assert doc["body"] == text
 
 
 # -- tag values -----------------------------------------------------------------------------

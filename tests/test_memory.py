@@ -88,3 +88,37 @@ def test_200_streams_and_a_burst_of_30_mib_bodies(fresh_home: tuple[Path, str],
         daemon.stop()
     assert peak < RSS_CEILING_MB, f"peak RSS {peak:.0f} MB (ceiling {RSS_CEILING_MB} MB)"
     assert after < RSS_AFTER_MB, f"RSS after the burst {after:.0f} MB (ceiling {RSS_AFTER_MB})"
+
+
+# Above the worker's RSS at rest: a capture spills past 8 MiB, so a 100 MiB stream costs about
+# 20 MB (it cost ~580 MB held and built whole); a 32 MiB line at most the 16 MiB line cap. A
+# bomb costs the metered size, 64 MiB of inflated JSON held to parse (768 MB before the cap).
+ABOVE_IDLE_MB = {"big-stream:100": 50, "endless-line:32": 60, "bomb:256": 100}
+
+
+def test_a_100_mib_stream_an_endless_line_and_a_bomb_with_bodies_on(
+        fresh_home: tuple[Path, str], upstream: FakeUpstream) -> None:
+    """What one hostile response can cost, bodies stored: none of them is held whole."""
+    home, key = fresh_home
+    daemon = Daemon(home, env=provider_env(upstream.url)).start()
+    headers = {"X-Majordomo-Key": key, "Authorization": "Bearer sk", "Accept-Encoding": "gzip"}
+    peaks = {}
+    try:
+        assert daemon.process is not None
+        at_rest = vm_mb(daemon.process.pid)
+        for behavior in ABOVE_IDLE_MB:  # VmHWM only grows: cheapest first
+            stream = not behavior.startswith("bomb")
+            with httpx.stream("POST", daemon.url + "/v1/chat/completions", timeout=120,
+                              json={"model": "gpt-4o", "stream": stream},
+                              headers={**headers, "x-fake-behavior": behavior}) as response:
+                size = sum(len(chunk) for chunk in response.iter_raw())
+            assert response.status_code == 200 and size > 250_000
+            done = len(peaks) + 1
+            wait_for(lambda n=done: sum(1 for _ in (home / "bodies").rglob("*.json.gz")) == n,
+                     120, f"the body of {behavior} stored")
+            peaks[behavior] = vm_mb(daemon.process.pid) - at_rest
+        print(f"worker RSS at rest {at_rest:.0f} MB; peak above it after each: {peaks}")
+    finally:
+        daemon.stop()
+    for behavior, ceiling in ABOVE_IDLE_MB.items():
+        assert peaks[behavior] <= ceiling, f"{behavior}: {peaks}"

@@ -7,7 +7,7 @@ other header) asks for failures: `status:429`, `gzip`, `bad-gzip`, `delay:SECOND
 `reset-before-headers`, `not-json`, `short-content-length`, and hostile ones: `unframed` (a
 body without a length, ended by closing), `reset-unframed` (the same cut by a TCP reset),
 `sse-not-json`, `bomb:MIB` (gzip inflating to MIB), `endless-line:MIB` (a stream with one line
-of MIB).
+of MIB), `big-stream:MIB` (a chat stream of MIB of ordinary events).
 """
 
 from __future__ import annotations
@@ -205,6 +205,23 @@ class FakeUpstream:
             return web.Response(body=gzip_bomb(int(behavior.split(":", 1)[1])),
                                 content_type="application/json",
                                 headers={"Content-Encoding": "gzip"})
+        if behavior.startswith("big-stream:"):
+            size = int(behavior.split(":", 1)[1]) * 1024 * 1024
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            events = self.chat_events({"model": "gpt-4o", "stream": True,
+                                       "stream_options": {"include_usage": True}})
+            delta = json.loads(events[1][1])
+            delta["choices"][0]["delta"]["content"] = "token " * 150
+            frame = f"data: {json.dumps(delta)}\n\n".encode()
+            batch = frame * max(1, 65536 // len(frame))
+            await response.write(f"data: {events[0][1]}\n\n".encode())
+            for _ in range(size // len(batch)):
+                await response.write(batch)
+            for _, data in events[-3:]:
+                await response.write(f"data: {data}\n\n".encode())
+            await response.write_eof()
+            return response
         if behavior.startswith("endless-line:"):
             size = int(behavior.split(":", 1)[1]) * 1024 * 1024
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
