@@ -41,13 +41,14 @@ PENDING_DIR = "pending-bodies"
 BODIES_STATUS = "bodies-status.json"  # written by the gateway for `steward bucket status`
 PENDING_SUFFIX = ".json.gz"
 LARGE_BODY = 4 * 1024 * 1024
-# A compressed response is stored decompressed up to this size (the meter's), else as it came.
-MAX_DECODED_BODY = 64 * 1024 * 1024
-DECODE_PIECE = 1024 * 1024
 # A captured response past this many bytes goes on to a temporary file as it arrives, written
 # by a thread a piece at a time, and its document is built reading it back: any size of body
 # then costs about this much memory.
 SPILL_AT = 8 * 1024 * 1024
+# A compressed response is stored decompressed up to the same size, else as it came: a bomb's
+# build (which may run beside a large one) never inflates more.
+MAX_DECODED_BODY = SPILL_AT
+DECODE_PIECE = 1024 * 1024
 SPILL_PIECE = 1024 * 1024
 
 
