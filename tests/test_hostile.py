@@ -22,6 +22,7 @@ import pytest
 
 from steward import bodies
 from steward.bodies import SPILL_AT, Capture, build_document
+from steward.providers import FORMATS, Route
 from tests.support.daemon import Daemon, init_home, provider_env
 from tests.support.fake_upstream import FakeUpstream, gzip_bomb
 from tests.support.waiting import wait_for
@@ -189,6 +190,19 @@ def test_unreadable_usage_is_recorded_and_counted(gateway: Gateway, behavior: st
     rec = record(daemon, got.headers["x-majordomo-request-id"])
     assert rec["error"] == error and rec["input_tokens"] is None
     assert unreadable_count(daemon) == before + 1
+
+
+@pytest.mark.parametrize(("content_type", "flagged"), [
+    ("application/json", True), ("application/json; charset=utf-8", True),
+    ("application/problem+json", True), ("", True), ("audio/mpeg", False),
+    ("application/jsonl", False), ("text/plain", False)])
+def test_only_a_body_that_says_it_is_json_is_flagged_unreadable(content_type: str,
+                                                                flagged: bool) -> None:
+    meter = FORMATS["openai"].meter(Route("chat/completions", "/c"), 200, content_type)
+    meter.feed(b"\xff\xfb\x90 not json")
+    error = meter.finish().error
+    assert error == ("usage_unreadable: the response body does not parse as JSON" if flagged
+                     else None)
 
 
 # -- decompression bombs --------------------------------------------------------------------

@@ -118,8 +118,9 @@ class JsonMeter:
 
     def __init__(self, fmt: WireFormat, status: int, content_type: str = ""):
         self._fmt, self._status = fmt, status
-        # A body that does not say it is JSON (audio, a file) carries no usage to miss.
-        self._json = not content_type or "json" in content_type
+        # A body that does not say it is JSON (audio, a file, JSON Lines) has no usage to miss.
+        media = content_type.split(";")[0].strip().lower()
+        self._json = not media or media == "application/json" or media.endswith("+json")
         self._chunks: list[bytes] = []
         self._size = 0
 
