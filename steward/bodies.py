@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import contextlib
 import datetime
+import itertools
 import json
 import logging
 import os
 import random
+import tempfile
 import time
 import uuid
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qsl, urlencode
 
 from .config import min_free_bytes
@@ -43,6 +47,102 @@ BODIES_STATUS = "bodies-status.json"  # written by the gateway for `steward buck
 PENDING_SUFFIX = ".json.gz"
 LARGE_BODY = 4 * 1024 * 1024
 SPACE_CHECK_SECONDS = 1.0
+# A captured response past this many bytes goes on to a temporary file as it arrives, written
+# by a thread a piece at a time, and its document is built reading it back: any size of body
+# then costs about this much memory.
+SPILL_AT = 8 * 1024 * 1024
+# A compressed response is stored decompressed up to the same size, else as it came: a bomb's
+# build (which may run beside a large one) never inflates more.
+MAX_DECODED_BODY = SPILL_AT
+DECODE_PIECE = 1024 * 1024
+SPILL_PIECE = 1024 * 1024
+
+
+class Spill:
+    """The part of a captured response past SPILL_AT, on an anonymous temporary file (gone when
+    closed, or if the process dies). Written in order by one thread hop at a time, never on the
+    event loop; if the disk fails, the rest of the body stays in memory instead."""
+
+    def __init__(self) -> None:
+        self.file: IO[bytes] | None = None
+        self.size = 0  # bytes on the file
+        self.pending: list[bytes] = []  # waiting for the next write
+        self.pending_bytes = 0
+        self.writing: list[bytes] = []
+        self.task: asyncio.Future[None] | None = None
+        self.fallback: list[bytes] | None = None  # after a failed write: kept in memory
+
+    @property
+    def held(self) -> int:
+        """Bytes of it in memory."""
+        return (self.pending_bytes + sum(len(c) for c in self.writing)
+                + sum(len(c) for c in self.fallback or ()))
+
+    def add(self, chunk: bytes) -> None:
+        if self.fallback is not None:
+            self.fallback.append(chunk)
+            return
+        self.pending.append(chunk)
+        self.pending_bytes += len(chunk)
+        if self.task is None and self.pending_bytes >= SPILL_PIECE:
+            self._start()
+
+    def _start(self) -> None:
+        self.writing, self.pending, self.pending_bytes = self.pending, [], 0
+        self.task = asyncio.ensure_future(asyncio.to_thread(self._write, self.writing))
+        self.task.add_done_callback(self._written)
+
+    def _write(self, pieces: list[bytes]) -> None:  # in a worker thread
+        if self.file is None:
+            self.file = tempfile.TemporaryFile(prefix="steward-body-")  # noqa: SIM115 - see close()
+        self.file.seek(self.size)  # a failed write may have left a part: overwrite it
+        self.file.writelines(pieces)
+        self.file.flush()
+        self.size += sum(len(p) for p in pieces)
+
+    def _written(self, task: asyncio.Future[None]) -> None:
+        if self.task is not task:
+            return  # settle() already took this write's outcome
+        self.task = None
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled() or error is not None:
+            log.error("cannot write a large captured body to a temporary file (%s): keeping "
+                      "the rest of it in memory", error or "cancelled")
+            self.fallback = self.writing + self.pending
+            self.pending, self.pending_bytes = [], 0
+        self.writing = []
+        if self.fallback is None and self.pending_bytes >= SPILL_PIECE:
+            self._start()
+
+    async def settle(self) -> None:
+        """Every byte written (or kept in memory), before the document is built."""
+        while self.task is not None or (self.pending and self.fallback is None):
+            if self.task is None:
+                self._start()
+            task = self.task
+            assert task is not None
+            await asyncio.wait({task})  # its failure is _written's business, not ours
+            # A finished task's callback runs only on the loop's next turn, and awaiting it
+            # does not yield: take the outcome here, or this loop would spin.
+            self._written(task)
+
+    def read(self) -> Iterator[bytes]:
+        """Its bytes in order, a piece at a time (in the worker thread building the document)."""
+        if self.file is not None:
+            self.file.seek(0)
+            left = self.size
+            while left > 0:
+                piece = self.file.read(min(DECODE_PIECE, left))
+                if not piece:
+                    break
+                left -= len(piece)
+                yield piece
+        yield from self.fallback or ()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 @dataclass
@@ -56,11 +156,38 @@ class Capture:
     query: bytes
     response_status: int | None = None
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    response_chunks: list[bytes] = field(default_factory=list)
+    response_chunks: list[bytes] = field(default_factory=list)  # the first SPILL_AT bytes
+    spill: Spill | None = None  # the rest
+    held: int = 0  # bytes in response_chunks added by add()
+
+    def add(self, chunk: bytes) -> None:
+        """A response chunk as it passes: in memory up to SPILL_AT, then to the spill file."""
+        if self.spill is None and self.held + len(chunk) <= SPILL_AT:
+            self.response_chunks.append(chunk)
+            self.held += len(chunk)
+            return
+        if self.spill is None:
+            self.spill = Spill()
+        self.spill.add(chunk)
 
     @property
     def size(self) -> int:
-        return len(self.request_body) + sum(len(c) for c in self.response_chunks)
+        """Bytes held in memory (what the queue's budget counts)."""
+        return (len(self.request_body) + sum(len(c) for c in self.response_chunks)
+                + (self.spill.held if self.spill is not None else 0))
+
+    @property
+    def total(self) -> int:
+        return self.size + (self.spill.size if self.spill is not None else 0)
+
+    def response_pieces(self) -> Iterator[bytes]:
+        yield from self.response_chunks
+        if self.spill is not None:
+            yield from self.spill.read()
+
+    def release(self) -> None:
+        if self.spill is not None:
+            self.spill.close()
 
 
 def object_key(api_key_id: str | None, request_id: str, ts: float) -> str:
@@ -112,44 +239,101 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
     return next((v.decode("latin-1") for k, v in headers if k.lower() == name), "")
 
 
-def _decoded(data: bytes, encoding: str) -> bytes:
-    """The readable body: a gzip/deflate response is stored decompressed."""
-    if encoding in ("gzip", "deflate"):
-        with contextlib.suppress(zlib.error):
-            return zlib.decompress(data, 32 + 15 if encoding == "gzip" else 15)
-    return data
+def _decoded(data: bytes, encoding: str) -> bytes | bytearray | None:
+    """The readable body: a gzip/deflate response decompressed, a piece at a time and only up
+    to MAX_DECODED_BODY (a bomb is never inflated whole); None if it cannot be."""
+    if encoding not in ("gzip", "deflate"):
+        return data
+    decoder = zlib.decompressobj(32 + 15 if encoding == "gzip" else 15)
+    out = bytearray()
+    try:
+        while True:
+            piece = decoder.decompress(data, DECODE_PIECE)
+            out += piece
+            if len(out) > MAX_DECODED_BODY:
+                return None
+            data = decoder.unconsumed_tail
+            if not data and len(piece) < DECODE_PIECE:
+                return out
+    except zlib.error:
+        return None
 
 
-def _with_body(fields: dict[str, Any], data: bytes | bytearray, content_type: str,
-               streamed: bool) -> list[bytes | bytearray]:
-    """fields as a JSON object with "body" and "body_encoding" added, as pieces to write."""
-    body, encoding = encode_body(data, content_type, streamed)
+def _with_body(fields: dict[str, Any], data: bytes | bytearray | None, content_type: str,
+               streamed: bool, raw: bytes = b"") -> list[bytes | bytearray]:
+    """fields as a JSON object with "body" and "body_encoding" added, as pieces to write.
+    data None: the raw bytes could not be decoded, and are stored as they came, in base64."""
+    if data is None:
+        body, encoding = json.dumps(base64.b64encode(raw).decode()).encode(), "base64"
+    else:
+        body, encoding = encode_body(data, content_type, streamed)
     head = json.dumps({**fields, "body_encoding": encoding}, ensure_ascii=False).encode()
     return [head[:-1], b', "body": ', body, b"}"]
+
+
+def _spilled_body(capture: Capture, encoding: str, streamed: bool
+                  ) -> tuple[str, Iterator[bytes]]:
+    """A spilled response's body_encoding and its JSON text, a piece at a time from the file:
+    as it came in base64 if compressed or not UTF-8, else as escaped text (a large JSON body
+    too, which is not parsed whole to check it)."""
+    kind = "base64"
+    if encoding not in ("gzip", "deflate"):
+        check = codecs.getincrementaldecoder("utf-8")()
+        try:
+            for piece in capture.response_pieces():
+                check.decode(piece)
+            check.decode(b"", final=True)
+            kind = "sse" if streamed else "text"
+        except UnicodeDecodeError:
+            pass
+
+    def text() -> Iterator[bytes]:
+        yield b'"'
+        if kind == "base64":
+            rest = b""
+            for piece in capture.response_pieces():
+                data = rest + piece
+                cut = len(data) - len(data) % 3
+                yield base64.b64encode(data[:cut])
+                rest = data[cut:]
+            yield base64.b64encode(rest)
+        else:
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            for piece in capture.response_pieces():
+                yield json.dumps(decoder.decode(piece), ensure_ascii=False)[1:-1].encode()
+        yield b'"'
+    return kind, text()
 
 
 def build_document(capture: Capture) -> bytes:
     """The gzipped JSON object (CPU-heavy for big bodies: runs in a worker thread).
 
     Written piece by piece into the compressor, so a large body is never copied into one big
-    document string first."""
-    response_body = b"".join(capture.response_chunks)
+    document string first; a spilled one is read back from its file a piece at a time."""
     response_type = _header(capture.response_headers, b"content-type")
     encoding = _header(capture.response_headers, b"content-encoding").strip().lower()
+    streamed = (response_type.startswith("text/event-stream")
+                or capture.meta.get("stream", False))
     meta = json.dumps({"schema": SCHEMA_VERSION, **capture.meta}, ensure_ascii=False).encode()
     request = _with_body(
         {"method": capture.meta.get("method"), "path": capture.meta.get("path"),
          "query": redact_query(capture.query),
          "headers": redact_headers(capture.request_headers)},
         capture.request_body, _header(capture.request_headers, b"content-type"), False)
-    response = _with_body(
-        {"status": capture.response_status,
-         "headers": redact_headers(capture.response_headers)},
-        _decoded(response_body, encoding), response_type,
-        response_type.startswith("text/event-stream") or capture.meta.get("stream", False))
+    fields = {"status": capture.response_status,
+              "headers": redact_headers(capture.response_headers)}
+    response: Iterable[bytes | bytearray]
+    if capture.spill is None:
+        response_body = b"".join(capture.response_chunks)
+        response = _with_body(fields, _decoded(response_body, encoding), response_type,
+                              streamed, raw=response_body)
+    else:
+        kind, body = _spilled_body(capture, encoding, streamed)
+        head = json.dumps({**fields, "body_encoding": kind}, ensure_ascii=False).encode()
+        response = itertools.chain((head[:-1], b', "body": '), body, (b"}",))
     gz = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: a gzip container
-    pieces = [gz.compress(piece) for piece in (meta[:-1], b', "request": ', *request,
-                                               b', "response": ', *response, b"}")]
+    pieces = [gz.compress(piece) for piece in itertools.chain(
+        (meta[:-1], b', "request": '), request, (b', "response": ',), response, (b"}",))]
     pieces.append(gz.flush())
     return b"".join(pieces)
 
@@ -194,7 +378,7 @@ class BodyWriter:
     def _building(self, capture: Capture) -> contextlib.AbstractAsyncContextManager[Any]:
         """Building a document briefly needs a few times its body in memory: large ones are
         built one at a time, so a burst of big prompts cannot multiply that."""
-        return self._large_builds if capture.size > LARGE_BODY else contextlib.nullcontext()
+        return self._large_builds if capture.total > LARGE_BODY else contextlib.nullcontext()
 
     def start(self) -> None:
         self.pending_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -207,6 +391,8 @@ class BodyWriter:
 
     async def submit(self, capture: Capture) -> None:
         """Queue a body; over the memory budget, spill it to disk first (in a thread)."""
+        if capture.spill is not None:
+            await capture.spill.settle()
         if self.queued_bytes + self.held_bytes + capture.size > self.queue_bytes:
             async with self._building(capture):
                 data, stored = await asyncio.to_thread(self._spill_capture, capture)
@@ -336,11 +522,17 @@ class BodyWriter:
         return True
 
     def _build_and_put(self, capture: Capture) -> tuple[bytes, bool]:
-        data = build_document(capture)
+        try:
+            data = build_document(capture)
+        finally:
+            capture.release()
         return data, self._put(capture.key, data)
 
     def _spill_capture(self, capture: Capture) -> tuple[bytes, bool]:
-        data = build_document(capture)
+        try:
+            data = build_document(capture)
+        finally:
+            capture.release()
         return data, self._spill(capture.key, data)
 
     def _spill(self, key: str, data: bytes) -> bool:

@@ -166,6 +166,8 @@ class LimitsConfig:
     max_concurrent_per_provider: int = field(default=512, metadata=_int_between(1, 100000))
     max_queued_per_provider: int = field(default=1024, metadata=_int_between(0, 1000000))
     max_concurrent_per_key: int = field(default=0, metadata=_int_between(0, 100000))  # 0: off
+    # One line of a streamed response read for usage (image events carry megabytes of base64).
+    max_sse_line_bytes: int = field(default=16 * 1024**2, metadata={**SIZE, "check": _positive})
 
 
 def _bodies_url(v: str) -> None:

@@ -69,7 +69,12 @@ def split_headers(raw: list[tuple[bytes, bytes]], max_tags: int, max_tag_bytes: 
                     raise GatewayError(400, f"too many or too large X-Majordomo-* tags: at "
                                        f"most {max_tags} tags of {max_tag_bytes} bytes each "
                                        "(limits.max_tags, limits.max_tag_bytes)")
-                out.tags[tag] = value.decode("utf-8", "replace")
+                try:
+                    out.tags[tag] = value.decode("utf-8")
+                except UnicodeDecodeError:  # recorded as replacement characters it would lie
+                    raise GatewayError(400, f"the X-Majordomo-{tag.title()} header holds bytes "
+                                       "that are not UTF-8; tag values must be UTF-8 text"
+                                       ) from None
         elif name in HOP_BY_HOP or name in drop or GATEWAY_KEY in value:
             continue  # a gateway key never leaves Steward, in any header, for any format
         elif name == b"accept-encoding":

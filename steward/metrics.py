@@ -61,6 +61,9 @@ class Metrics:
                                      ["reason"], registry=r)
         for reason in ("missing", "invalid"):
             self.auth_refusals.labels(reason)
+        self.unreadable = Counter("steward_usage_unreadable",
+                                  "Responses whose usage could not be read, by provider",
+                                  ["provider"], registry=r)
         self.read_gauges = gauges
         self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
         self._shared_gauges: dict[str, Gauge] = {}
@@ -95,6 +98,8 @@ class Metrics:
             self.latency.labels(provider).observe(record["latency_ms"] / 1000)
         if record.get("ttft_ms") is not None:
             self.ttfb.labels(provider).observe(record["ttft_ms"] / 1000)
+        if (record.get("error") or "").startswith("usage_unreadable"):
+            self.unreadable.labels(provider).inc()
         model = record.get("response_model") or record.get("model")
         if model is None or record.get("input_tokens") is None:
             return

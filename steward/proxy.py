@@ -190,6 +190,12 @@ class Proxy:
         if UNSAFE_PATH.search(raw_path):
             raise GatewayError(400, "the path contains '..', an encoded '.', '/' or '\\', or a "
                                "control character; LLM API paths never do")
+        names = {n for n, _ in headers}
+        if b"transfer-encoding" in names and b"content-length" in names:
+            # RFC 9112 6.3: the two framings disagree on where the body ends, so bytes after
+            # it could run as a second request; refuse, and close so none does.
+            raise GatewayError(400, "the request has both Transfer-Encoding and Content-Length;"
+                               " send one of them", headers={"Connection": "close"})
 
     def _caller_credential(self, ex: Exchange, headers: list[tuple[str, str]]) -> bool:
         """Whether the caller brought its own provider credential (gateway keys are gone by
@@ -384,7 +390,8 @@ class Proxy:
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
         ex.stream = content_type.startswith("text/event-stream") or (
             ex.route.endpoint == "streamGenerateContent")
-        meter: Meter = ex.upstream.fmt.meter(ex.route, response.status, content_type)
+        meter: Meter = ex.upstream.fmt.meter(ex.route, response.status, content_type,
+                                             self.limits.max_sse_line_bytes)
         if encoding in ("gzip", "deflate"):
             meter = DecodingMeter(meter, encoding)
         ex.meter = meter
@@ -392,15 +399,15 @@ class Proxy:
                        if k.lower() not in HOP_BY_HOP or k.lower() == b"content-length"]
         out_headers.append((REQUEST_ID_HEADER, ex.id.encode()))
         ex.responded = True
-        chunks = None
-        if ex.capture is not None:
-            ex.capture.response_status = response.status
-            ex.capture.response_headers = out_headers
-            chunks = ex.capture.response_chunks
+        capture = ex.capture
+        if capture is not None:
+            capture.response_status = response.status
+            capture.response_headers = out_headers
         await send({"type": "http.response.start", "status": response.status,
                     "headers": out_headers})
         remaining = response.content_length if "Transfer-Encoding" not in response.headers \
             else None
+        closed = _until_close(response)
         loop = asyncio.get_running_loop()
         idle = self.limits.stream_idle_timeout
         end_at = loop.time() + self.limits.max_stream_duration - (time.perf_counter() - ex.t0)
@@ -412,8 +419,8 @@ class Proxy:
                 if ex.first_byte_at is None:
                     ex.first_byte_at = time.perf_counter()
                 meter.feed(chunk)
-                if chunks is not None:
-                    chunks.append(chunk)
+                if capture is not None:
+                    capture.add(chunk)  # past a size, on to a temporary file
                 if remaining is not None:
                     remaining -= len(chunk)
                     if remaining <= 0:  # the caller is complete once this chunk lands
@@ -425,6 +432,15 @@ class Proxy:
             ex.error = f"upstream failed mid-response: {exc.__class__.__name__}"
             await self._account(ex)
             return  # returning without finishing makes the server cut the connection
+        broken = closed.exception() if closed is not None and closed.done() else None
+        if broken is not None:
+            # Only the close ended this body, and it was a reset, not a clean end: the caller
+            # must see the same break, as it would calling the provider directly.
+            ex.reading = meter.finish()
+            cause = broken.__cause__ or broken
+            ex.error = f"upstream failed mid-response: {cause.__class__.__name__}"
+            await self._account(ex)
+            return
         if not ex.recorded:
             ex.reading = meter.finish()
             await self._account(ex)
@@ -475,6 +491,19 @@ class Limiter:
 
     def release(self) -> None:
         self.semaphore.release()
+
+
+def _until_close(response: aiohttp.ClientResponse) -> asyncio.Future[None] | None:
+    """For a body with neither length nor chunks (read until the upstream closes), the future
+    of the close: aiohttp ends such a body cleanly on a reset too, and only this tells them
+    apart (it fails with the reset). None for bodies framed any other way."""
+    if ("Content-Length" in response.headers or "Transfer-Encoding" in response.headers
+            or response.connection is None or response.connection.protocol is None):
+        return None
+    closed = response.connection.protocol.closed
+    if closed is not None:
+        closed.add_done_callback(lambda f: f.cancelled() or f.exception())  # always retrieved
+    return closed
 
 
 def _on_disconnect(watcher: asyncio.Future[dict[str, Any]], ex: Exchange,

@@ -10,43 +10,94 @@ import re
 _EOL = re.compile(rb"\r\n|\r|\n")
 
 
+# The default cap on one line, and on one event's data (limits.max_sse_line_bytes).
+MAX_SSE_LINE = 16 * 1024 * 1024
+
+
 class SSEParser:
-    """Yields (event, data) pairs per the WHATWG event-stream rules."""
+    """Yields (event, data) pairs per the WHATWG event-stream rules.
 
-    __slots__ = ("_buf", "_data", "_event")
+    The buffer grows by appending and is searched only from where the last search stopped, so
+    a long line costs linear time. A line (or an event's data) longer than max_line is skipped
+    up to its end, and its event with it: `skipped` counts them."""
 
-    def __init__(self) -> None:
-        self._buf = b""
+    __slots__ = ("_buf", "_cr", "_data", "_drop", "_event", "_max_line", "_scan", "_size",
+                 "_skipping", "skipped")
+
+    def __init__(self, max_line: int = MAX_SSE_LINE) -> None:
+        self._buf = bytearray()
+        self._scan = 0  # no line end in _buf before this offset
         self._event = b""
         self._data: list[bytes] = []
+        self._size = 0  # bytes in _data
+        self._drop = False  # the event being read lost a line: not dispatched
+        self._skipping = False  # inside an over-long line: discarded up to its end
+        self._cr = False  # a skipped line ended in "\r" at a chunk's end: drop a "\n" next
+        self._max_line = max_line
+        self.skipped = 0
 
     def feed(self, chunk: bytes) -> list[tuple[bytes, bytes]]:
-        buf = self._buf + chunk if self._buf else chunk
         events: list[tuple[bytes, bytes]] = []
-        pos = 0
-        end = len(buf)
-        while pos < end:
-            match = _EOL.search(buf, pos)
+        if self._cr:
+            self._cr = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        if self._skipping:
+            match = _EOL.search(chunk)
             if match is None:
+                return events
+            self._skipping = False
+            self._cr = match.group() == b"\r" and match.end() == len(chunk)
+            chunk = chunk[match.end():]
+        buf = self._buf
+        buf += chunk
+        pos, scan, end = 0, self._scan, len(buf)
+        while True:
+            match = _EOL.search(buf, scan)
+            if match is None:
+                scan = end
                 break
-            if match.group() == b"\r" and match.end() == end:
-                break  # maybe the first half of \r\n: wait for the next byte
-            line = buf[pos:match.start()]
-            pos = match.end()
-            if not line:
-                if self._data:
-                    events.append((self._event or b"message", b"\n".join(self._data)))
-                self._event, self._data = b"", []
-            elif line[0] != 0x3A:  # lines starting with ':' are comments
-                name, _, value = line.partition(b":")
-                if value[:1] == b" ":
-                    value = value[1:]
-                if name == b"data":
-                    self._data.append(value)
-                elif name == b"event":
-                    self._event = value
-        self._buf = buf[pos:]
+            if match.end() == end and buf[match.start()] == 0x0D:
+                scan = match.start()  # maybe the first half of \r\n: wait for the next byte
+                break
+            if match.start() - pos > self._max_line:
+                self._skip()
+            else:
+                self._line(bytes(buf[pos:match.start()]), events)
+            pos = scan = match.end()
+        del buf[:pos]  # from the front of a bytearray: no copy of the rest
+        self._scan = scan - pos
+        if len(buf) > self._max_line:
+            ended = buf[-1] == 0x0D  # the line ended, maybe with its "\n" still to come
+            buf.clear()
+            self._scan = 0
+            self._skipping, self._cr = not ended, ended
+            self._skip()
         return events
+
+    def _skip(self) -> None:
+        self.skipped += 1
+        self._data, self._size, self._drop = [], 0, True
+
+    def _line(self, line: bytes, events: list[tuple[bytes, bytes]]) -> None:
+        if not line:
+            if self._data and not self._drop:
+                events.append((self._event or b"message", b"\n".join(self._data)))
+            self._event, self._data, self._size, self._drop = b"", [], 0, False
+        elif self._drop or line[0] == 0x3A:  # lines starting with ':' are comments
+            return
+        else:
+            name, _, value = line.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if name == b"data":
+                self._size += len(value)
+                if self._size > self._max_line:
+                    self._skip()
+                else:
+                    self._data.append(value)
+            elif name == b"event":
+                self._event = value
 
 
 _JSON_TOKENS = re.compile(rb'[\[\]{}"\\]')

@@ -74,7 +74,8 @@ def test_no_majordomo_or_hop_by_hop_header_is_ever_forwarded(
             assert len(repeated) != len(set(repeated))
             return
         if "not UTF-8" in err.message:
-            assert any(not utf8(v) for n, v in headers if not n.startswith(MAJORDOMO))
+            assert any(not utf8(v) for n, v in headers  # tag values included
+                       if n not in (b"x-majordomo-key", b"x-majordomo-provider"))
             return
         assert "limits.max_tags" in err.message
         tags = {n for n, _ in headers

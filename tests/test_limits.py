@@ -158,7 +158,7 @@ def test_concurrency_cap_queues_then_refuses_with_retry_after(
 
 @pytest.mark.parametrize(("behavior", "status", "error"), [
     ("reset-before-headers", 502, "cannot reach openai"),
-    ("not-json", 200, None),
+    ("not-json", 200, "usage_unreadable: the response body does not parse as JSON"),
     ("short-content-length", 200, "upstream failed mid-response"),
 ])
 def test_misbehaving_upstream(limited: tuple[Daemon, str], behavior: str, status: int,
@@ -295,7 +295,7 @@ def test_invalid_gzip_is_relayed_as_sent_and_recorded(limited: tuple[Daemon, str
     assert head.startswith(b"HTTP/1.1 200") and b"content-encoding: gzip" in head.lower()
     assert body == b"this is not gzip"  # exactly what the upstream sent
     record = daemon.records()[-1]
-    assert record["error"] == "response body could not be decompressed for accounting"
+    assert record["error"] == "usage_unreadable: the body could not be decompressed (invalid gzip)"
     assert record["input_tokens"] is None
     assert healthy(daemon, key)
 

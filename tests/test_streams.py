@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -42,6 +43,36 @@ def test_sse_any_split(pieces: list[bytes]) -> None:
 
 def test_sse_event_without_blank_line_is_not_dispatched() -> None:
     assert SSEParser().feed(b"data: partial\n") == []
+
+
+LONG = b"data: " + b"x" * 100
+WITH_LONG = (b"event: first\r\ndata: {\"a\": 1}\r\n\r\n"
+             b"event: long\ndata: kept?\n" + LONG + b"\r\ndata: after\n\n"
+             b": " + b"c" * 100 + b"\r\r"
+             b"data: " + b"y" * 40 + b"\ndata: " + b"z" * 40 + b"\n\n"
+             b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("pieces", splits(WITH_LONG))
+def test_sse_lines_over_the_cap_are_skipped_with_their_event(pieces: list[bytes]) -> None:
+    parser = SSEParser(max_line=64)
+    assert fed(parser, pieces) == [(b"first", b'{"a": 1}'), (b"message", b"[DONE]")]
+    assert parser.skipped == 3  # the long data line, the long comment, the 80 bytes of data
+
+
+def test_sse_a_long_line_costs_linear_time_and_bounded_memory() -> None:
+    parser = SSEParser(max_line=1 << 30)
+    piece = b"x" * 65536
+    started = time.perf_counter()
+    parser.feed(b"data: ")
+    for _ in range(1024):  # 64 MiB without a newline
+        assert parser.feed(piece) == []
+    assert parser.feed(b"\n\n") == [(b"message", b"x" * (64 << 20))]
+    assert time.perf_counter() - started < 3  # quadratic concatenation took tens of seconds
+    capped = SSEParser(max_line=1 << 20)
+    for _ in range(64):
+        capped.feed(piece)
+    assert len(capped._buf) <= 1 << 20 and capped.skipped == 1
 
 
 ARRAY_ELEMENTS = [{"text": "a \"quoted\" ] } [ {", "n": [1, 2, {"x": "\\"}]}, {"usage": 3}]

@@ -12,11 +12,18 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from ..streams import SSEParser
+from ..streams import MAX_SSE_LINE, SSEParser
 from ..usage import Reading, dig
 
-# Non-streamed bodies larger than this are relayed but not parsed for usage.
+# Non-streamed bodies larger than this are relayed but not parsed for usage; nor is a
+# compressed body past this size decompressed.
 MAX_METERED_BODY = 64 * 1024 * 1024
+DECODE_PIECE = 1024 * 1024  # decompressed at a time, so one small chunk cannot inflate at once
+
+
+def unreadable(why: str) -> str:
+    """The record's error when usage could not be read: not "the provider reported none"."""
+    return f"usage_unreadable: {why}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +122,11 @@ class WireFormat:
     def stream_reader(self, route: Route) -> StreamReader:
         raise NotImplementedError
 
-    def meter(self, route: Route, status: int, content_type: str) -> Meter:
+    def meter(self, route: Route, status: int, content_type: str,
+              max_line: int = MAX_SSE_LINE) -> Meter:
         if 200 <= status < 300 and content_type.startswith("text/event-stream"):
-            return SSEMeter(self.stream_reader(route))
-        return JsonMeter(self, status)
+            return SSEMeter(self.stream_reader(route), max_line)
+        return JsonMeter(self, status, content_type)
 
 
 def error_message(obj: Any) -> str | None:
@@ -145,10 +153,13 @@ def describe_error(status: int, obj: Any) -> str:
 class JsonMeter:
     """A whole (non-streamed) body, parsed once at the end."""
 
-    __slots__ = ("_chunks", "_fmt", "_size", "_status")
+    __slots__ = ("_chunks", "_fmt", "_json", "_size", "_status")
 
-    def __init__(self, fmt: WireFormat, status: int):
+    def __init__(self, fmt: WireFormat, status: int, content_type: str = ""):
         self._fmt, self._status = fmt, status
+        # A body that does not say it is JSON (audio, a file, JSON Lines) has no usage to miss.
+        media = content_type.split(";")[0].strip().lower()
+        self._json = not media or media == "application/json" or media.endswith("+json")
         self._chunks: list[bytes] = []
         self._size = 0
 
@@ -165,48 +176,93 @@ class JsonMeter:
         if 200 <= self._status < 300:
             if isinstance(obj, dict):
                 self._fmt.read_json(obj, reading)
+            elif self._size > MAX_METERED_BODY:
+                reading.error = unreadable(f"body over {MAX_METERED_BODY >> 20} MiB "
+                                           "(the metered size)")
+            elif obj is None and self._size and self._json:
+                reading.error = unreadable("the response body does not parse as JSON")
         else:
             reading.error = describe_error(self._status, obj)
         return reading
 
 
 class SSEMeter:
-    __slots__ = ("_parser", "_reader", "_reading")
+    __slots__ = ("_events", "_max_line", "_not_json", "_parser", "_reader", "_reading")
 
-    def __init__(self, reader: StreamReader):
-        self._parser = SSEParser()
+    def __init__(self, reader: StreamReader, max_line: int = MAX_SSE_LINE):
+        self._parser = SSEParser(max_line)
+        self._max_line = max_line
         self._reader = reader
         self._reading = Reading()
+        self._events = self._not_json = 0
 
     def feed(self, chunk: bytes) -> None:
         for event, data in self._parser.feed(chunk):
+            self._events += 1
+            if data[:1] not in (b"{", b"[") and data != b"[DONE]":  # a glance, not a parse
+                self._not_json += 1
             self._reader.on_event(event, data, self._reading)
 
     def finish(self) -> Reading:
-        self._reader.finish(self._reading)
-        return self._reading
+        reading = self._reading
+        self._reader.finish(reading)
+        usage = reading.usage
+        if reading.error is None and self._parser.skipped:
+            why = (f"a stream line over {self._max_line} bytes was skipped for accounting "
+                   "(limits.max_sse_line_bytes)")
+            read = usage.input_tokens is not None or usage.output_tokens is not None
+            reading.error = why if read else unreadable(why)
+        elif (reading.error is None and self._not_json and usage.input_tokens is None
+              and usage.output_tokens is None):
+            reading.error = unreadable(f"{self._not_json} of {self._events} stream events "
+                                       "are not JSON")
+        return reading
 
 
 class DecodingMeter:
-    """Reads a gzip- or deflate-encoded body for accounting; the caller still gets the raw bytes."""
+    """Reads a gzip- or deflate-encoded body for accounting; the caller still gets the raw bytes.
 
-    __slots__ = ("_decoder", "_inner")
+    Decompressed a piece at a time and at most MAX_METERED_BODY in all, so a small bomb cannot
+    make Steward hold (or parse) what it inflates to."""
+
+    __slots__ = ("_decoder", "_encoding", "_inner", "_size", "_why")
 
     def __init__(self, inner: Meter, encoding: str):
         self._inner = inner
+        self._encoding = encoding
         # 32+15: gzip or zlib header auto-detected; raw deflate needs -15.
         self._decoder: Any = zlib.decompressobj(32 + 15 if encoding == "gzip" else 15)
+        self._size = 0
+        self._why: str | None = None  # why metering stopped
 
     def feed(self, chunk: bytes) -> None:
-        if self._decoder is None:
+        decoder = self._decoder
+        if decoder is None:
             return
         try:
-            self._inner.feed(self._decoder.decompress(chunk))
+            while True:
+                data = decoder.decompress(chunk, DECODE_PIECE)
+                self._size += len(data)
+                if self._size > MAX_METERED_BODY:
+                    self._stop(f"decompressed size over {MAX_METERED_BODY >> 20} MiB "
+                               "(the metered size)")
+                    return
+                if data:
+                    self._inner.feed(data)
+                chunk = decoder.unconsumed_tail
+                if not chunk and len(data) < DECODE_PIECE:  # else output may still be pending
+                    return
         except zlib.error:
-            self._decoder = None  # undecodable: usage stays unknown, the caller is unaffected
+            # undecodable: usage stays unknown, the caller is unaffected
+            self._stop(f"the body could not be decompressed (invalid {self._encoding})")
+
+    def _stop(self, why: str) -> None:
+        self._decoder, self._why = None, why
+        if isinstance(self._inner, JsonMeter):
+            self._inner = JsonMeter(self._inner._fmt, self._inner._status)  # drop what it held
 
     def finish(self) -> Reading:
         reading = self._inner.finish()
-        if self._decoder is None and reading.error is None:
-            reading.error = "response body could not be decompressed for accounting"
+        if self._why is not None and reading.error is None:
+            reading.error = unreadable(self._why)
         return reading

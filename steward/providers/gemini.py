@@ -9,7 +9,7 @@ import json
 import re
 from typing import Any
 
-from ..streams import JsonArrayScanner
+from ..streams import MAX_SSE_LINE, JsonArrayScanner
 from ..usage import Reading, Usage, as_int, dig
 from .base import Meter, Route, WireFormat, loads, scoped, stream_error
 
@@ -142,11 +142,12 @@ class GeminiFormat(WireFormat):
     def stream_reader(self, route: Route) -> _SSEStream:
         return _SSEStream()
 
-    def meter(self, route: Route, status: int, content_type: str) -> Meter:
+    def meter(self, route: Route, status: int, content_type: str,
+              max_line: int = MAX_SSE_LINE) -> Meter:
         if (200 <= status < 300 and route.endpoint == "streamGenerateContent"
                 and not content_type.startswith("text/event-stream")):
             return _ArrayMeter()
-        return super().meter(route, status, content_type)
+        return super().meter(route, status, content_type, max_line)
 
 
 FORMAT = GeminiFormat()

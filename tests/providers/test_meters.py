@@ -177,4 +177,5 @@ def test_any_bytes_never_raise_and_never_invent_counts(fmt: str, content_type: s
 @pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 100_000])
 def test_json_nested_too_deep_is_unknown_usage_not_a_crash(body: bytes) -> None:
     reading = read("openai", Route("chat/completions", "/c"), "application/json", [body])
-    assert reading.usage == Usage() and reading.error is None
+    assert reading.usage == Usage()
+    assert reading.error == "usage_unreadable: the response body does not parse as JSON"

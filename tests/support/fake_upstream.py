@@ -4,7 +4,10 @@ Responses are deterministic, so a test can compare an SDK call made through Stew
 same call made directly. The `x-fake-behavior` request header (which Steward forwards like any
 other header) asks for failures: `status:429`, `gzip`, `bad-gzip`, `delay:SECONDS`, `stall`
 (after the first event), `hold` (before any answer), `reset` (mid-stream), `pace:SECONDS`,
-`reset-before-headers`, `not-json`, `short-content-length`.
+`reset-before-headers`, `not-json`, `short-content-length`, and hostile ones: `unframed` (a
+body without a length, ended by closing), `reset-unframed` (the same cut by a TCP reset),
+`sse-not-json`, `bomb:MIB` (gzip inflating to MIB), `endless-line:MIB` (a stream with one line
+of MIB), `big-stream:MIB` (a chat stream of MIB of ordinary events).
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import base64
 import gzip
 import json
 import re
+import socket
 import struct
 import threading
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +43,19 @@ GEMINI_USAGE = {"promptTokenCount": 50, "candidatesTokenCount": 20, "totalTokenC
                 "cachedContentTokenCount": 10, "thoughtsTokenCount": 15}
 TEXT_PIECES = ["Hello", " from", " the", " fake"]
 CREATED = 1_700_000_000
+
+
+_BOMBS: dict[int, bytes] = {}
+
+
+def gzip_bomb(mib: int) -> bytes:
+    """A small gzip body that inflates to MIB MiB (of spaces: still JSON's whitespace)."""
+    if mib not in _BOMBS:
+        gz = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        block = b" " * (1024 * 1024)
+        _BOMBS[mib] = b"".join([gz.compress(b"{"), *(gz.compress(block) for _ in range(mib)),
+                                gz.compress(b"}"), gz.flush()])
+    return _BOMBS[mib]
 
 
 def dated(model: str) -> str:
@@ -118,6 +136,9 @@ class FakeUpstream:
             assert request.transport is not None
             request.transport.abort()
             return web.Response()
+        hostile = await self.hostile(request, behavior)
+        if hostile is not None:
+            return hostile
         if behavior == "not-json":
             return web.Response(body=b"<html>upstream proxy error</html>",
                                 content_type="application/json")
@@ -157,6 +178,67 @@ class FakeUpstream:
                 return await self.sse(request, self.chat_events(payload), behavior)
             return self.json(self.chat_completion(payload), behavior)
         return self.error(kind, 404)
+
+    # -- hostile upstreams ------------------------------------------------------------------
+
+    async def hostile(self, request: web.Request, behavior: str) -> web.StreamResponse | None:
+        """Responses crafted to make a proxy lie or spend memory; None for other behaviors."""
+        if behavior in ("unframed", "reset-unframed"):  # no length: the close ends the body
+            transport = request.transport
+            assert transport is not None
+            body = json.dumps(self.chat_completion({"model": "gpt-4o"})).encode()
+            transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                            b"Connection: close\r\n\r\n")
+            if behavior == "unframed":
+                transport.write(body)
+                transport.close()  # a FIN: the body is complete
+                return web.Response()
+            transport.write(body[:40])
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()  # with SO_LINGER 0: a RST, not a FIN
+            return web.Response()
+        if behavior == "sse-not-json":
+            events = [(None, "<html>bad gateway</html>"), (None, "upstream timed out")]
+            return await self.sse(request, events, "")
+        if behavior.startswith("bomb:"):
+            return web.Response(body=gzip_bomb(int(behavior.split(":", 1)[1])),
+                                content_type="application/json",
+                                headers={"Content-Encoding": "gzip"})
+        if behavior.startswith("big-stream:"):
+            size = int(behavior.split(":", 1)[1]) * 1024 * 1024
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            events = self.chat_events({"model": "gpt-4o", "stream": True,
+                                       "stream_options": {"include_usage": True}})
+            delta = json.loads(events[1][1])
+            delta["choices"][0]["delta"]["content"] = "token " * 150
+            frame = f"data: {json.dumps(delta)}\n\n".encode()
+            batch = frame * max(1, 65536 // len(frame))
+            await response.write(f"data: {events[0][1]}\n\n".encode())
+            for _ in range(size // len(batch)):
+                await response.write(batch)
+            for _, data in events[-3:]:
+                await response.write(f"data: {data}\n\n".encode())
+            await response.write_eof()
+            return response
+        if behavior.startswith("endless-line:"):
+            size = int(behavior.split(":", 1)[1]) * 1024 * 1024
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            events = self.chat_events({"model": "gpt-4o", "stream": True,
+                                       "stream_options": {"include_usage": True}})
+            await response.write(f"data: {events[0][1]}\n\n".encode())
+            await response.write(b"data: ")
+            piece = b"x" * 65536
+            for _ in range(size // len(piece)):
+                await response.write(piece)
+            await response.write(b"\n\n")
+            for _, data in events[1:]:
+                await response.write(f"data: {data}\n\n".encode())
+            await response.write_eof()
+            return response
+        return None
 
     # -- transport helpers ------------------------------------------------------------------
 
