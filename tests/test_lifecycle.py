@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.daemon import Daemon, cli, provider_env
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.streaming import stream_in_background
 from tests.support.waiting import wait_for
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -45,28 +45,12 @@ def test_ready_watchdog_status_and_stopping(daemon: tuple[Daemon, str]) -> None:
 
 def test_sigterm_during_a_long_stream_finishes_it(daemon: tuple[Daemon, str]) -> None:
     running, key = daemon
-    client = openai.OpenAI(base_url=running.url + "/v1", api_key="sk", max_retries=0,
-                           default_headers={"X-Majordomo-Key": key,
-                                            "x-fake-behavior": "pace:0.4"})
-    chunks: list[str] = []
-    errors: list[Exception] = []
-
-    def stream() -> None:
-        try:
-            for chunk in client.chat.completions.create(
-                    model="gpt-4o", messages=MESSAGES, stream=True,
-                    stream_options={"include_usage": True}):
-                chunks.append(chunk.choices[0].delta.content if chunk.choices else "usage")
-        except Exception as exc:
-            errors.append(exc)
-
-    reader = threading.Thread(target=stream)
-    reader.start()
-    wait_for(lambda: len(chunks) >= 2, 10, "the stream to start")
+    stream = stream_in_background(running.url, key, 0.4)
+    wait_for(lambda: len(stream.chunks) >= 2, 10, "the stream to start")
     assert running.process is not None
     running.process.send_signal(signal.SIGTERM)
-    reader.join(30)
-    assert errors == [] and chunks[-1] == "usage"  # the stream completed after SIGTERM
+    stream.join()
+    assert stream.complete  # the stream completed after SIGTERM
     assert running.process.wait(30) == 0
     record = running.records()[-1]
     assert record["stream"] and record["input_tokens"] == 25 and record["error"] is None
@@ -103,7 +87,7 @@ def test_second_sigterm_exits_at_once(daemon: tuple[Daemon, str],
 
 def test_sighup_reloads_keys_prices_and_providers(fresh_home: tuple[Path, str],
                                                  upstream: FakeUpstream) -> None:
-    home, _ = fresh_home
+    home, first_key = fresh_home
     # The 2 s poll would pick keys and prices up by itself: here only the SIGHUP can.
     running = Daemon(home, env={**provider_env(upstream.url),
                                 "STEWARD_KEY_REFRESH_SECONDS": "3600"}).start()
@@ -118,7 +102,7 @@ def test_sighup_reloads_keys_prices_and_providers(fresh_home: tuple[Path, str],
                             headers={**headers, "X-Majordomo-Provider": "openai"})
         assert before.status_code == 401  # the key is not known until the reload
         unknown = httpx.post(running.url + "/v1/chat/completions", json={"model": "gpt-4o"},
-                             headers=headers)
+                             headers={**headers, "X-Majordomo-Key": first_key})
         assert unknown.status_code == 400  # nor is the provider
         assert running.process is not None
         running.process.send_signal(signal.SIGHUP)

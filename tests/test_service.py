@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 
 from steward.notify import ServiceStatus
 from tests.support.daemon import Daemon, cli, provider_env
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.streaming import stream_in_background
 from tests.support.waiting import wait_for
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -40,28 +40,6 @@ def service(request: pytest.FixtureRequest, fresh_home: tuple[Path, str],
     daemon.stop()
 
 
-def _stream_in_background(daemon: Daemon, key: str, pace: float
-                          ) -> tuple[threading.Thread, list[str], list[Exception]]:
-    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="sk", max_retries=0,
-                           default_headers={"X-Majordomo-Key": key,
-                                            "x-fake-behavior": f"pace:{pace}"})
-    chunks: list[str] = []
-    errors: list[Exception] = []
-
-    def read() -> None:
-        try:
-            for chunk in client.chat.completions.create(
-                    model="gpt-4o", messages=MESSAGES, stream=True,
-                    stream_options={"include_usage": True}):
-                chunks.append(chunk.choices[0].delta.content if chunk.choices else "usage")
-        except Exception as exc:
-            errors.append(exc)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    return reader, chunks, errors
-
-
 def test_only_the_main_process_notifies(service: tuple[Daemon, str]) -> None:
     running, key = service
     assert running.process is not None
@@ -69,14 +47,14 @@ def test_only_the_main_process_notifies(service: tuple[Daemon, str]) -> None:
         assert _post(running, key).status_code == 200
     assert running.wait_for_notification("3 requests", 10)
     assert running.wait_for_notification("WATCHDOG=1", 5)
-    reader, chunks, errors = _stream_in_background(running, key, 0.3)
-    wait_for(lambda: len(chunks) >= 2, 10, "the stream to start")
+    stream = stream_in_background(running.url, key, 0.3)
+    wait_for(lambda: len(stream.chunks) >= 2, 10, "the stream to start")
     running.process.send_signal(signal.SIGTERM)
     # STOPPING=1 arrives while the stream is still being drained, not when the drain ends.
     assert running.wait_for_notification("STOPPING=1", 5)
-    assert reader.is_alive() and chunks[-1] != "usage"
-    reader.join(30)
-    assert errors == [] and chunks[-1] == "usage"
+    assert not stream.complete
+    stream.join()
+    assert stream.complete
     main = running.process.pid
     assert running.process.wait(30) == 0
     running.stop()
@@ -204,15 +182,15 @@ def test_a_worker_lost_while_draining_fails_the_service(fresh_home: tuple[Path, 
     home, key = fresh_home
     running = Daemon(home, env=provider_env(upstream.url), args=("--workers", "2")).start()
     assert running.process is not None
-    reader, chunks, _ = _stream_in_background(running, key, 0.5)
-    wait_for(lambda: len(chunks) >= 2, 10, "the stream to start")
+    stream = stream_in_background(running.url, key, 0.5)
+    wait_for(lambda: len(stream.chunks) >= 2, 10, "the stream to start")
     workers = running.workers()
     running.process.send_signal(signal.SIGTERM)
     assert running.wait_for_notification("STOPPING=1", 5)
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
     assert running.process.wait(30) == 1
-    reader.join(30)
+    stream.join()
     assert "exited with status -9 while draining" in running.log()
     running.stop()
 
@@ -258,14 +236,14 @@ def test_drain_cut_is_recorded_as_a_cut(fresh_home: tuple[Path, str],
     running = Daemon(home, env={**provider_env(upstream.url),
                                 "STEWARD_SERVER__DRAIN_TIMEOUT": "1s"}).start()
     assert running.process is not None
-    reader, chunks, errors = _stream_in_background(running, key, 0.5)
-    wait_for(lambda: len(chunks) >= 2, 10, "the stream to start")
+    stream = stream_in_background(running.url, key, 0.5)
+    wait_for(lambda: len(stream.chunks) >= 2, 10, "the stream to start")
     started = time.monotonic()
     running.process.send_signal(signal.SIGTERM)
-    reader.join(30)
+    stream.join()
     assert running.process.wait(30) == 0
     assert time.monotonic() - started < 10
-    assert errors and chunks[-1] != "usage"  # the caller saw a broken stream
+    assert stream.errors and not stream.complete  # the caller saw a broken stream
     record = running.records()[-1]
     assert record["status"] == 200
     assert record["error"].startswith("cut by Steward's shutdown"), record["error"]
