@@ -30,7 +30,7 @@ from steward.logs import configure as configure_logging
 from steward.spool import read_records
 from steward.storage import open_store
 from steward.upload import backlog, lock_is_free
-from steward.upload_formats import UPLOAD_TOKEN, make_uploader
+from steward.upload_formats import UPLOAD_TOKEN, majordomo_ingest_url, make_uploader
 from steward.usage_report import Group, parse_since, summarize
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -186,7 +186,8 @@ def _parse_tags(tags: list[str]) -> dict[str, str]:
 
 
 def _key_dict(key: gateway_keys.GatewayKey) -> dict[str, Any]:
-    return {"id": key.id, "name": key.name, "prefix": key.prefix, "tags": key.tags,
+    return {"id": key.id, "uuid": key.uuid, "majordomo_key_id": key.majordomo_key_id,
+            "name": key.name, "prefix": key.prefix, "tags": key.tags,
             "created_at": key.created_at, "expires_at": key.expires_at,
             "last_used_at": key.last_used_at, "status": key.status()}
 
@@ -197,6 +198,9 @@ def keys_add(name: Annotated[str, typer.Argument(help="A name for the key's owne
                  help="NAME=VALUE added to every record of this key (repeatable).")] = None,
              expires_in: Annotated[str | None, typer.Option(
                  help="Lifetime such as 30d or 12h; default never.")] = None,
+             majordomo_key_id: Annotated[str | None, typer.Option(
+                 help="The UUID of the Majordomo API key this key stands for; the majordomo "
+                      "upload format sends it as majordomo_api_key_id.")] = None,
              home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Create a gateway key and print it once."""
     target = _home(home)
@@ -207,7 +211,8 @@ def keys_add(name: Annotated[str, typer.Argument(help="A name for the key's owne
         except ValueError as exc:
             raise StewardError(f"--expires-in: {exc}") from None
     with _db(target) as conn:
-        key, plaintext = gateway_keys.add_key(conn, name, _parse_tags(tag or []), lifetime)
+        key, plaintext = gateway_keys.add_key(conn, name, _parse_tags(tag or []), lifetime,
+                                              majordomo_key_id)
     if as_json:
         print(json.dumps({**_key_dict(key), "key": plaintext}))
         return
@@ -223,11 +228,13 @@ def keys_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         print(json.dumps([_key_dict(k) for k in keys], indent=2))
         return
-    table = Table("id", "name", "prefix", "tags", "created", "expires", "last used", "status")
+    table = Table("id", "uuid", "name", "prefix", "tags", "created", "expires", "last used",
+                  "status")
     for k in keys:
         status = k.status()
         color = {"active": "green", "revoked": "red", "expired": "yellow"}[status]
-        table.add_row(k.id, k.name, k.prefix + "…", ",".join(f"{a}={b}" for a, b in k.tags.items()),
+        table.add_row(k.id, k.uuid, k.name, k.prefix + "…",
+                      ",".join(f"{a}={b}" for a, b in k.tags.items()),
                       _when(k.created_at), _when(k.expires_at), _when(k.last_used_at),
                       f"[{color}]{status}[/]")
     out.print(table)
@@ -338,8 +345,12 @@ def upload_set(url: Annotated[str, typer.Argument(help="The collector's URL")],
                format: Annotated[str | None, typer.Option(
                    help="ndjson (default) or majordomo.")] = None,
                home: HomeOption = None) -> None:
-    """Upload metadata records to URL (the token is stored encrypted)."""
+    """Upload metadata records to URL (the token is stored encrypted).
+
+    With the majordomo format, URL is the control plane's base URL (its ingest path is added)."""
     target = _home(home)
+    if (format or load_config(target).metadata.format) == "majordomo":
+        url = majordomo_ingest_url(url)
     set_value(target, "metadata.upload_url", url)
     if format is not None:
         set_value(target, "metadata.format", format)
