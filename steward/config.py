@@ -428,7 +428,7 @@ def set_value(home: Path, dotted: str, text: str) -> Any:
     candidate = tomllib.loads(tomlkit.dumps(doc))
     build_config(home, candidate, str(path))  # whole-file validation before writing
     write_private(path, tomlkit.dumps(doc))
-    return value
+    return stored if isinstance(value, tuple) else value
 
 
 def write_private(path: Path, text: str) -> None:

@@ -20,8 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from steward.config import load_config
+from steward.config import build_config, load_config
 from steward.db import legacy_key_uuid
+from steward.errors import ConfigError
 from steward.upload_formats import MAJORDOMO_INGEST_PATH, majordomo_encoder, make_uploader
 from tests.support.collector import MAJORDOMO_INGEST, Collector
 from tests.support.daemon import Daemon, cli, provider_env
@@ -134,6 +135,15 @@ def test_batches_are_capped_at_500(tmp_path: Path) -> None:
     assert make_uploader(config, None).batch_size == 500
     assert make_uploader(load_config(home, {"STEWARD_METADATA__BATCH_SIZE": "5000"}),
                          None).batch_size == 5000  # ndjson has no such cap
+
+
+def test_indexed_tags_and_org_id_settings(tmp_path: Path) -> None:
+    meta = build_config(tmp_path, {"metadata": {"indexed_tags": ["Team", "team", "run"],
+                                                "org_id": ORG}}, "t").metadata
+    assert (meta.indexed_tags, meta.org_id) == (("team", "run"), ORG)
+    for bad in ({"indexed_tags": "a b"}, {"indexed_tags": [1]}, {"org_id": "org_1"}):
+        with pytest.raises(ConfigError):
+            build_config(tmp_path, {"metadata": bad}, "t")
 
 
 def test_upload_set_takes_the_control_planes_base_url(tmp_path: Path) -> None:
