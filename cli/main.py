@@ -216,7 +216,8 @@ def keys_add(name: Annotated[str, typer.Argument(help="A name for the key's owne
     if as_json:
         print(json.dumps({**_key_dict(key), "key": plaintext}))
         return
-    out.print(f"Created gateway key [bold]{key.name}[/] ({key.id}). It is shown once:")
+    out.print(f"Created gateway key [bold]{key.name}[/] ({key.id}, UUID {key.uuid}). "
+              "It is shown once:")
     print(plaintext)
 
 
