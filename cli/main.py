@@ -31,7 +31,7 @@ from steward.logs import configure as configure_logging
 from steward.spool import read_records
 from steward.storage import LocalStore, open_store
 from steward.upload import backlog, lock_is_free
-from steward.upload_formats import UPLOAD_TOKEN, make_uploader
+from steward.upload_formats import UPLOAD_TOKEN, majordomo_ingest_url, make_uploader
 from steward.usage_report import Group, check_grouping, parse_since, summarize
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -216,7 +216,8 @@ def _parse_tags(tags: list[str]) -> dict[str, str]:
 
 
 def _key_dict(key: gateway_keys.GatewayKey) -> dict[str, Any]:
-    return {"id": key.id, "name": key.name, "prefix": key.prefix, "tags": key.tags,
+    return {"id": key.id, "uuid": key.uuid, "majordomo_key_id": key.majordomo_key_id,
+            "name": key.name, "prefix": key.prefix, "tags": key.tags,
             "created_at": key.created_at, "expires_at": key.expires_at,
             "last_used_at": key.last_used_at, "status": key.status(),
             "scopes": sorted(key.scopes)}
@@ -231,6 +232,9 @@ def keys_add(name: Annotated[str, typer.Argument(help="A name for the key's owne
              allow: Annotated[list[str] | None, typer.Option(
                  help="Scopes beyond inference, comma-separated or repeated: "
                       f"{', '.join(gateway_keys.SCOPES)}.")] = None,
+             majordomo_key_id: Annotated[str | None, typer.Option(
+                 help="The UUID of the Majordomo API key this key stands for; the majordomo "
+                      "upload format sends it as majordomo_api_key_id.")] = None,
              home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Create a gateway key and print it once. It reaches inference endpoints only, unless
     --allow grants more of the provider account."""
@@ -243,11 +247,12 @@ def keys_add(name: Annotated[str, typer.Argument(help="A name for the key's owne
             raise StewardError(f"--expires-in: {exc}") from None
     with _db(target) as conn:
         key, plaintext = gateway_keys.add_key(conn, name, _parse_tags(tag or []), lifetime,
-                                              allow or [])
+                                              allow or [], majordomo_key_id)
     if as_json:
         print(json.dumps({**_key_dict(key), "key": plaintext}))
         return
-    out.print(f"Created gateway key [bold]{key.name}[/] ({key.id}). It is shown once:")
+    out.print(f"Created gateway key [bold]{key.name}[/] ({key.id}, UUID {key.uuid}). "
+              "It is shown once:")
     print(plaintext)
 
 
@@ -259,12 +264,14 @@ def keys_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         print(json.dumps([_key_dict(k) for k in keys], indent=2))
         return
-    table = Table("id", "name", "prefix", "tags", "scopes", "created", "expires", "last used",
+    table = Table("id", "uuid", "name", "prefix", "tags", "scopes", "created", "expires",
+                  "last used",
                   "status")
     for k in keys:
         status = k.status()
         color = {"active": "green", "revoked": "red", "expired": "yellow"}[status]
-        table.add_row(k.id, k.name, k.prefix + "…", ",".join(f"{a}={b}" for a, b in k.tags.items()),
+        table.add_row(k.id, k.uuid, k.name, k.prefix + "…",
+                      ",".join(f"{a}={b}" for a, b in k.tags.items()),
                       ",".join(["inference", *sorted(k.scopes)]),
                       _when(k.created_at), _when(k.expires_at), _when(k.last_used_at),
                       f"[{color}]{status}[/]")
@@ -391,8 +398,12 @@ def upload_set(url: Annotated[str, typer.Argument(help="The collector's URL")],
                format: Annotated[str | None, typer.Option(
                    help="ndjson (default) or majordomo.")] = None,
                home: HomeOption = None) -> None:
-    """Upload metadata records to URL (the token is stored encrypted)."""
+    """Upload metadata records to URL (the token is stored encrypted).
+
+    With the majordomo format, URL is the control plane's base URL (its ingest path is added)."""
     target = _home(home)
+    if (format or load_config(target).metadata.format) == "majordomo":
+        url = majordomo_ingest_url(url)
     set_value(target, "metadata.upload_url", url)
     if format is not None:
         set_value(target, "metadata.format", format)

@@ -205,6 +205,26 @@ def _upload_format(v: str) -> None:
         raise ValueError("must be ndjson or majordomo")
 
 
+def parse_names(value: Any) -> tuple[str, ...]:
+    """A list of tag names from a TOML array or a comma-separated string (environment, CLI).
+
+    Tags are stored lower-cased, so the names are too."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError("expected a list of tag names, e.g. [\"team\", \"feature\"] or "
+                         "team,feature")
+    names = tuple(dict.fromkeys(i.strip().lower() for i in items if i.strip()))
+    for name in names:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", name):
+            raise ValueError(f"{name!r} is not a tag name")
+    return names
+
+
+def _optional_uuid(v: str) -> None:
+    if v and not re.fullmatch(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}", v):
+        raise ValueError(f"{v!r} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+
+
 @dataclass(frozen=True)
 class MetadataConfig:
     upload_url: str = field(default="", metadata={"check": _optional_http_url})
@@ -216,6 +236,9 @@ class MetadataConfig:
     max_spool_bytes: int = field(default=1024**3, metadata={**SIZE, "check": _positive})
     segment_max_bytes: int = field(default=64 * 1024**2, metadata={**SIZE, "check": _positive})
     segment_max_age: float = field(default=3600.0, metadata={**DURATION, "check": _positive})
+    # Majordomo format only: tags sent as indexed_metadata too, and the organisation's UUID.
+    indexed_tags: tuple[str, ...] = field(default=(), metadata={"parse": parse_names})
+    org_id: str = field(default="", metadata={"check": _optional_uuid})
 
 
 LITELLM_PRICES = ("https://raw.githubusercontent.com/BerriAI/litellm/main/"
@@ -422,6 +445,8 @@ def set_value(home: Path, dotted: str, text: str) -> Any:
     value = _coerce(section_cls, parts[-1], text, f"{path}: {dotted}")
     meta = {f.name: f for f in fields(section_cls)}[parts[-1]].metadata
     stored: Any = text if "parse" in meta and isinstance(value, int | float) else value
+    if isinstance(stored, tuple):
+        stored = list(stored)
     try:
         doc = tomlkit.parse(path.read_text())
     except FileNotFoundError:
@@ -435,7 +460,7 @@ def set_value(home: Path, dotted: str, text: str) -> Any:
     candidate = tomllib.loads(tomlkit.dumps(doc))
     build_config(home, candidate, str(path))  # whole-file validation before writing
     write_private(path, tomlkit.dumps(doc))
-    return value
+    return stored if isinstance(value, tuple) else value
 
 
 def write_private(path: Path, text: str) -> None:
@@ -531,6 +556,8 @@ DEFAULT_TOML = """\
 # max_spool_bytes = "1GiB"     # a larger upload backlog is logged loudly (never dropped)
 # segment_max_bytes = "64MiB"
 # segment_max_age = "1h"
+# indexed_tags = []            # majordomo format: tags also sent as indexed_metadata
+# org_id = ""                  # majordomo format: the organisation's UUID, sent as org_id
 
 [pricing]
 # url = "https://raw.githubusercontent.com/BerriAI/litellm/main/model_prices_and_context_window.json"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import uuid
 from pathlib import Path
 
 from .errors import StewardError
@@ -62,7 +63,24 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE gateway_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT '[]';
     """,
+    # 5: a UUID per gateway key (Majordomo's records carry key ids as UUIDs); keys made before
+    # it get a stable one derived from their old id, which stays their primary key. A key may
+    # also name the Majordomo API key it stands for.
+    """
+    ALTER TABLE gateway_keys ADD COLUMN uuid TEXT;
+    ALTER TABLE gateway_keys ADD COLUMN majordomo_key_id TEXT;
+    UPDATE gateway_keys SET uuid = steward_legacy_key_uuid(id) WHERE uuid IS NULL;
+    CREATE UNIQUE INDEX gateway_keys_uuid ON gateway_keys (uuid);
+    """,
 ]
+
+# Fixed forever: the UUIDs of keys migrated by step 5 must not change between machines or runs.
+_LEGACY_KEY_NAMESPACE = uuid.UUID("6f1c2a3e-5b7d-4e8f-9a0b-1c2d3e4f5a6b")
+
+
+def legacy_key_uuid(key_id: str) -> str:
+    """The UUID a key made before UUIDs gets: the same for the same id, wherever it migrates."""
+    return str(uuid.uuid5(_LEGACY_KEY_NAMESPACE, key_id))
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -77,6 +95,7 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=5000")
+        conn.create_function("steward_legacy_key_uuid", 1, legacy_key_uuid, deterministic=True)
         migrate(conn, path)
     except sqlite3.DatabaseError as exc:
         raise StewardError(f"{path}: cannot open the gateway database ({exc})") from None

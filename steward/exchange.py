@@ -60,6 +60,8 @@ class Exchange:
             "id": self.id,
             "ts": rfc3339(self.started_at),
             "api_key_id": self.key.id if self.key else None,
+            "api_key_uuid": self.key.uuid if self.key else None,
+            "majordomo_key_id": self.key.majordomo_key_id if self.key else None,
             "provider": self.upstream.name if self.upstream else None,
             "format": self.upstream.fmt.name if self.upstream else None,
             "endpoint": self.route.endpoint if self.route else None,

@@ -12,11 +12,13 @@ import re
 import secrets
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .db import transaction
 from .errors import NotFoundError, StewardError
+from .ids import uuid7
 
 KEY_PREFIX = "mdm_sk_"
 DISPLAY_CHARS = 12  # "mdm_sk_" + 5 characters of the secret: enough to tell keys apart
@@ -52,6 +54,8 @@ class GatewayKey:
     revoked_at: float | None = None
     last_used_at: float | None = None
     scopes: frozenset[str] = frozenset()  # beyond inference, from SCOPES
+    uuid: str = ""  # UUIDv7 for new keys; keys older than UUIDs keep their old id beside it
+    majordomo_key_id: str | None = None  # the Majordomo API key this key stands for
 
     def status(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
@@ -68,7 +72,17 @@ def _row_to_key(row: sqlite3.Row) -> GatewayKey:
         created_at=row["created_at"], expires_at=row["expires_at"],
         revoked_at=row["revoked_at"], last_used_at=row["last_used_at"],
         scopes=frozenset(json.loads(row["scopes"])),
+        uuid=row["uuid"], majordomo_key_id=row["majordomo_key_id"],
     )
+
+
+def parse_uuid(text: str, what: str) -> str:
+    """A UUID in its canonical 36-character form, the only one Majordomo's records accept."""
+    try:
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        raise StewardError(f"{what} {text!r} is not a UUID "
+                           "(xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)") from None
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -85,8 +99,8 @@ def parse_scopes(values: Iterable[str]) -> frozenset[str]:
 
 
 def add_key(conn: sqlite3.Connection, name: str, tags: dict[str, str] | None = None,
-            expires_in: float | None = None, scopes: Iterable[str] = ()
-            ) -> tuple[GatewayKey, str]:
+            expires_in: float | None = None, scopes: Iterable[str] = (),
+            majordomo_key_id: str | None = None) -> tuple[GatewayKey, str]:
     """Create a key; the plaintext is returned here and never stored."""
     if not _NAME.fullmatch(name):
         raise StewardError(f"key name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
@@ -97,14 +111,18 @@ def add_key(conn: sqlite3.Connection, name: str, tags: dict[str, str] | None = N
         id="key_" + secrets.token_hex(6), name=name, prefix=plaintext[:DISPLAY_CHARS],
         tags=dict(tags or {}), created_at=now,
         expires_at=now + expires_in if expires_in is not None else None, scopes=allowed,
+        uuid=str(uuid7()), majordomo_key_id=majordomo_key_id and parse_uuid(
+            majordomo_key_id, "--majordomo-key-id"),
     )
     try:
         with transaction(conn):
             conn.execute(
                 "INSERT INTO gateway_keys (id, name, prefix, key_hash, tags, created_at,"
-                " expires_at, scopes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " expires_at, scopes, uuid, majordomo_key_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key.id, key.name, key.prefix, hash_key(plaintext), json.dumps(key.tags),
-                 key.created_at, key.expires_at, json.dumps(sorted(allowed))),
+                 key.created_at, key.expires_at, json.dumps(sorted(allowed)), key.uuid,
+                 key.majordomo_key_id),
             )
     except sqlite3.IntegrityError:
         raise StewardError(f"a key named {name!r} already exists; pick another name") from None
@@ -116,10 +134,10 @@ def list_keys(conn: sqlite3.Connection) -> list[GatewayKey]:
 
 
 def find_key(conn: sqlite3.Connection, id_or_name: str) -> GatewayKey:
-    row = conn.execute("SELECT * FROM gateway_keys WHERE id = ? OR name = ?",
-                       (id_or_name, id_or_name)).fetchone()
+    row = conn.execute("SELECT * FROM gateway_keys WHERE id = ?1 OR uuid = lower(?1) OR name = ?1",
+                       (id_or_name,)).fetchone()
     if row is None:
-        raise NotFoundError(f"no gateway key with id or name {id_or_name!r} "
+        raise NotFoundError(f"no gateway key with id, UUID or name {id_or_name!r} "
                             "(see `steward keys list`)")
     return _row_to_key(row)
 

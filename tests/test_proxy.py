@@ -87,9 +87,9 @@ def test_openai_chat(gateway: Gateway, upstream: FakeUpstream, tag: str) -> None
     assert got.headers["x-majordomo-request-id"] == record["id"]
     assert uuid.UUID(record["id"]).version == 7
     assert record | {"id": None, "ts": None, "latency_ms": None, "api_key_id": None,
-                     "pricing_version": None, "body_ref": None} == {
+                     "api_key_uuid": None, "pricing_version": None, "body_ref": None} == {
         "id": None, "ts": None, "latency_ms": None, "api_key_id": None, "pricing_version": None,
-        "body_ref": None,
+        "body_ref": None, "api_key_uuid": None, "majordomo_key_id": None,
         # 20 x 2.50 + 5 x 1.25 + 12 x 10 USD per million (bundled gpt-4o-2024-08-06 prices)
         "cost": "0.00017625", "input_cost": "0.00005625", "output_cost": "0.00012",
         "pricing_status": "ok", "pricing_model": "gpt-4o-2024-08-06",
@@ -101,6 +101,7 @@ def test_openai_chat(gateway: Gateway, upstream: FakeUpstream, tag: str) -> None
         "reasoning_tokens": 4, "tool_use_prompt_tokens": None, "ttft_ms": None,
         "tags": {"test": tag, "team": "search"}, "error": None, "body_error": None}
     assert record["api_key_id"].startswith("key_")
+    assert uuid.UUID(record["api_key_uuid"]).version == 7
     assert record["latency_ms"] > 0
     assert record["body_ref"] == (gateway[0].home / "bodies" / record["api_key_id"]).as_uri(
         ) + f"/{record['ts'][:10].replace('-', '/')}/{record['id']}.json.gz"

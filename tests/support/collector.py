@@ -12,6 +12,8 @@ from aiohttp import web
 
 from tests.support.loopback import LoopbackServer
 
+MAJORDOMO_INGEST = "/api/v1/steward/ingest/metadata"  # Majordomo's control plane's ingest path
+
 
 @dataclass
 class Upload:
@@ -19,6 +21,8 @@ class Upload:
     headers: dict[str, str]
     records: list[dict[str, Any]]
     status: int
+    raw: bytes = b""  # the body as sent (Content-Encoding undone)
+    path: str = ""
 
 
 @dataclass
@@ -34,9 +38,15 @@ class Collector:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/ingest"
 
+    @property
+    def base_url(self) -> str:
+        """Where a Majordomo control plane would be: it serves MAJORDOMO_INGEST below it."""
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self) -> Collector:
         app = web.Application()
         app.router.add_post("/ingest", self.handle)
+        app.router.add_post(MAJORDOMO_INGEST, self.handle)
         self._server = LoopbackServer(app, self.port, "collector")
         self.port = self._server.start()
         return self
@@ -57,7 +67,8 @@ class Collector:
         else:
             status, headers = self.plan.pop(0) if self.plan else (200, {})
         key = request.headers.get("Idempotency-Key", "")
-        self.uploads.append(Upload(key, dict(request.headers), records, status))
+        self.uploads.append(Upload(key, dict(request.headers), records, status, raw,
+                                   request.path))
         if 200 <= status < 300:
             self.accepted_keys.add(key)
         return web.json_response({"ok": status < 300}, status=status, headers=headers)

@@ -1,0 +1,3 @@
+module steward.test/majordomo_ingest
+
+go 1.19
