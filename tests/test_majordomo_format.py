@@ -228,13 +228,13 @@ def test_a_real_daemons_batches_decode_as_majordomo_records(
 
 
 def _old_home(home: Path) -> str:
-    """A home as a Steward without key UUIDs left it (schema 3); returns its key's old id."""
+    """A home as a Steward without key UUIDs left it (schema 4); returns its key's old id."""
     cli("init", home=home)
     with sqlite3.connect(home / "steward.db") as conn:
         conn.executescript("DROP INDEX gateway_keys_uuid;"
                            "ALTER TABLE gateway_keys DROP COLUMN uuid;"
                            "ALTER TABLE gateway_keys DROP COLUMN majordomo_key_id;"
-                           "PRAGMA user_version = 3;")
+                           "PRAGMA user_version = 4;")
         conn.execute("UPDATE gateway_keys SET id = 'key_0123456789ab'")
     return "key_0123456789ab"
 

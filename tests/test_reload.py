@@ -10,7 +10,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -165,24 +165,31 @@ def test_a_stream_in_flight_runs_on_across_a_reload(fresh_home: tuple[Path, str]
         running.stop()
 
 
+def _slow_request(pool: ThreadPoolExecutor, daemon: Daemon, key: str,
+                  upstream: FakeUpstream) -> Future[httpx.Response]:
+    """A request that stays in flight for 2 s, once the upstream has it (this daemon's, not
+    an earlier test's: the fake upstream is shared)."""
+    seen = len(upstream.requests)
+    slow = pool.submit(_post, daemon, key, **{"x-fake-behavior": "delay:2"})
+    wait_for(lambda: any(r.headers.get("x-fake-behavior") == "delay:2"
+                         for r in upstream.requests[seen:]), 10, "the slow request")
+    return slow
+
+
 def test_a_new_per_key_limit_applies_to_keys_already_seen(fresh_home: tuple[Path, str],
                                                           upstream: FakeUpstream) -> None:
     home, key = fresh_home
     cli("config", "set", "limits.max_concurrent_per_key", "1", home=home)
     running = Daemon(home, env=provider_env(upstream.url)).start()
     try:
-        with ThreadPoolExecutor(2) as pool:
-            slow = pool.submit(_post, running, key, **{"x-fake-behavior": "delay:1.5"})
-            wait_for(lambda: any(r.headers.get("x-fake-behavior") == "delay:1.5"
-                                 for r in upstream.requests), 10, "the first request")
+        with ThreadPoolExecutor(1) as pool:
+            slow = _slow_request(pool, running, key, upstream)
             assert _post(running, key).status_code == 429  # the key is now known
             assert slow.result().status_code == 200
         cli("config", "set", "limits.max_concurrent_per_key", "2", home=home)
         _reload(running)
-        with ThreadPoolExecutor(2) as pool:
-            slow = pool.submit(_post, running, key, **{"x-fake-behavior": "delay:1.6"})
-            wait_for(lambda: any(r.headers.get("x-fake-behavior") == "delay:1.6"
-                                 for r in upstream.requests), 10, "the first request")
+        with ThreadPoolExecutor(1) as pool:
+            slow = _slow_request(pool, running, key, upstream)
             assert _post(running, key).status_code == 200
             assert slow.result().status_code == 200
     finally:
