@@ -428,7 +428,7 @@ LOOP_TRAFFIC = [  # (path, body, x-fake-behavior): every format, JSON and stream
 
 
 def test_nothing_blocks_the_event_loop(gateway: Gateway, tag: str) -> None:
-    """The shared daemon logs any callback that held the loop 10 ms or more (asyncio debug
+    """The shared daemon logs any callback that held the loop 25 ms or more (asyncio debug
     mode). This test drives its own traffic of every kind (and waits until its bodies are
     stored), so it checks something when run alone; run last, it also covers all above."""
     with httpx.Client(timeout=30) as client:
