@@ -124,7 +124,7 @@ def serve(config: Config) -> None:
     shared.mkdir(mode=0o700)
     os.environ[MULTIPROCESS_DIR] = str(shared)
     try:
-        code = Supervisor(config, hc, sockets).run()
+        code = Supervisor(config, sockets).run()
     finally:
         for sock in sockets.insecure_sockets:
             sock.close()

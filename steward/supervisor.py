@@ -26,7 +26,6 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 
 from .config import Config, load_config
@@ -104,9 +103,8 @@ class _Slot:
 
 
 class Supervisor:
-    def __init__(self, config: Config, hc: HypercornConfig, sockets: Sockets):
+    def __init__(self, config: Config, sockets: Sockets):
         self.config = config
-        self.hc = hc
         self.sockets = sockets
         self.workers = config.server.workers
         watchdog = watchdog_seconds()

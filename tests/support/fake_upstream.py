@@ -207,15 +207,11 @@ class FakeUpstream:
                                 headers={"Content-Encoding": "gzip"})
         if behavior.startswith("big-stream:"):
             size = int(behavior.split(":", 1)[1]) * 1024 * 1024
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await response.prepare(request)
-            events = self.chat_events({"model": "gpt-4o", "stream": True,
-                                       "stream_options": {"include_usage": True}})
+            response, events = await self._chat_stream_started(request)
             delta = json.loads(events[1][1])
             delta["choices"][0]["delta"]["content"] = "token " * 150
             frame = f"data: {json.dumps(delta)}\n\n".encode()
             batch = frame * max(1, 65536 // len(frame))
-            await response.write(f"data: {events[0][1]}\n\n".encode())
             for _ in range(size // len(batch)):
                 await response.write(batch)
             for _, data in events[-3:]:
@@ -224,11 +220,7 @@ class FakeUpstream:
             return response
         if behavior.startswith("endless-line:"):
             size = int(behavior.split(":", 1)[1]) * 1024 * 1024
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await response.prepare(request)
-            events = self.chat_events({"model": "gpt-4o", "stream": True,
-                                       "stream_options": {"include_usage": True}})
-            await response.write(f"data: {events[0][1]}\n\n".encode())
+            response, events = await self._chat_stream_started(request)
             await response.write(b"data: ")
             piece = b"x" * 65536
             for _ in range(size // len(piece)):
@@ -241,6 +233,16 @@ class FakeUpstream:
         return None
 
     # -- transport helpers ------------------------------------------------------------------
+
+    async def _chat_stream_started(self, request: web.Request
+                                   ) -> tuple[web.StreamResponse, list[tuple[str | None, str]]]:
+        """An OpenAI chat stream's response, prepared, with its first event already sent."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        events = self.chat_events({"model": "gpt-4o", "stream": True,
+                                   "stream_options": {"include_usage": True}})
+        await response.write(f"data: {events[0][1]}\n\n".encode())
+        return response, events
 
     async def _wait_for_close(self, request: web.Request, limit: float = 120.0) -> None:
         """Hold a stream open until the peer (Steward) closes it; count the close."""
