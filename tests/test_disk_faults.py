@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from tests.support.bodies import count_bodies
 from tests.support.daemon import Daemon, init_home, provider_env
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.filesystems import fill, remount, tmpfs
@@ -48,7 +49,7 @@ def spooled_cases(daemon: Daemon) -> list[str]:
 
 
 def stored_bodies(home: Path) -> int:
-    return sum(1 for _ in (home / "bodies").rglob("*.json.gz"))
+    return count_bodies(home / "bodies")
 
 
 def all_whole(home: Path) -> bool:
