@@ -249,13 +249,6 @@ class Packs:
             raise
         return pack
 
-    def close(self) -> None:
-        with self._lock:
-            for pack in self._open.values():
-                pack.close()
-            self._open.clear()
-            self._current.clear()
-
     # -- reading ----------------------------------------------------------------------------
 
     def get(self, day: str, name: str) -> bytes:
