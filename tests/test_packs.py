@@ -327,6 +327,9 @@ def test_the_daemon_packs_bodies_and_bodies_get_reads_them(fresh_home: tuple[Pat
     assert sorted(line[0] for line in index_lines(day)) == sorted(f"{i}.json.gz" for i in ids)
     for segment in (home / "spool").glob("*.ndjson"):  # by the id's day, without records
         segment.unlink()
+    total = next(line for line in cli("bodies", "du", home=home).stdout.splitlines()
+                 if "total" in line)
+    assert [cell.strip() for cell in total.split("│")[3:6:2]] == ["6", "4"]  # bodies, files
     for request_id in (ids[0], ids[-1]):  # one from each run's pack
         shown = json.loads(cli("bodies", "get", request_id, home=home).stdout)
         assert shown["id"] == request_id and shown["request"]["body"] == BODY
