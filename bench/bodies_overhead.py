@@ -2,9 +2,9 @@
 
 Builds N realistic chat documents (the gzipped JSON the gateway stores: headers, a prompt of
 varying length, a completion with usage), writes them into a local store under the old layout
-(one file per body, renamed into place) and the packed one (steward/packs.py), syncs, and prints
-per layout: files, the documents' bytes, the bytes on disk (st_blocks of every file and
-directory under the root) and their ratio. The directory defaults to one under the current
+(one file per body, renamed into place) and the packed one (steward/bodies/packs.py), syncs,
+and prints per layout: files, the documents' bytes, the bytes on disk (st_blocks of every file
+and directory under the root) and their ratio. The directory defaults to one under the current
 directory, so the figure is that disk's (BODIES_BENCH_DIR to choose another).
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from steward.bodies.stores import LocalStore
 from steward.files import sync_filesystem, write_atomic
-from steward.storage import LocalStore
 from tests.support.bodies import chat_document
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from steward.bodies import Capture, build_document, object_key
+from steward.bodies.stores import LocalStore
+from steward.bodies.writer import Capture, build_document, object_key
 from steward.ids import uuid7
-from steward.storage import LocalStore
 
 
 def stored_bytes(ref: str) -> bytes | None:
