@@ -224,20 +224,25 @@ class Packs:
     def _reopen(self, pack: _Pack) -> bool:
         """A pack closed for descriptors, opened again if it is still exactly as written."""
         try:
-            fds = (os.open(pack.path, os.O_WRONLY), os.open(pack.index, os.O_WRONLY))
+            data_fd = os.open(pack.path, os.O_WRONLY)
         except OSError:
             return False  # gone (retention removed the day): a new pack
-        pack.fds = fds
-        if (os.fstat(fds[0]).st_size, os.fstat(fds[1]).st_size) != (pack.size,
-                                                                    pack.index_size):
+        try:
+            pack.fds = (data_fd, os.open(pack.index, os.O_WRONLY))
+        except OSError:
+            os.close(data_fd)
+            return False
+        if (os.fstat(pack.fds[0]).st_size, os.fstat(pack.fds[1]).st_size) != (
+                pack.size, pack.index_size):
             pack.close()
             return False
         return True
 
     def _create(self, day: Path) -> _Pack:
         day.mkdir(mode=0o700, parents=True, exist_ok=True)
-        now = time.time()
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{now % 1:.6f}"[1:]
+        now = time.time_ns()
+        stamp = (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9))
+                 + f".{now // 1000 % 10**6:06d}")
         pack = _Pack(day, f"{stamp}Z-{os.getpid()}-{secrets.token_hex(3)}")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         data_fd = os.open(pack.path, flags, 0o600)
