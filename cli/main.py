@@ -761,12 +761,13 @@ def bodies_du(home: HomeOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("day", "key", "files", "bytes", "on disk")
+    table = Table("day", "key", "bodies", "bytes", "files", "on disk")
     for row in rows:
-        table.add_row(row["day"], row["key"], str(row["files"]), _size(row["bytes"]),
-                      _size(row["disk_bytes"]))
-    table.add_row("total", "", str(sum(r["files"] for r in rows)),
-                  _size(sum(r["bytes"] for r in rows)), _size(sum(r["disk_bytes"] for r in rows)))
+        table.add_row(row["day"], row["key"], str(row["bodies"]), _size(row["bytes"]),
+                      str(row["files"]), _size(row["disk_bytes"]))
+    table.add_row("total", "", str(sum(r["bodies"] for r in rows)),
+                  _size(sum(r["bytes"] for r in rows)), str(sum(r["files"] for r in rows)),
+                  _size(sum(r["disk_bytes"] for r in rows)))
     out.print(table)
 
 

@@ -12,11 +12,12 @@ import io
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
+from steward.bodies.packs import Packs, split_key
 from steward.errors import StewardError
 from steward.files import sync_filesystem, write_atomic
 
@@ -39,14 +40,24 @@ def _join(prefix: str, key: str) -> str:
 
 @dataclass
 class LocalStore:
-    """durable=False: each object is renamed into place whole but not fsynced; flush() then
-    syncs the filesystem once for all of them (two fsyncs per object were half the CPU that
-    body capture cost)."""
+    """Bodies of the day layout are appended to packs (steward/bodies/packs.py: a small file each
+    cost a 4 KiB block); other keys, and bodies from before packing, are plain files.
+
+    durable=False: nothing is fsynced as it is written; flush() then syncs the filesystem once
+    for all of it (two fsyncs per object were half the CPU that body capture cost)."""
 
     root: Path
     durable: bool = True
+    packs: Packs = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.packs = Packs(self.root)
 
     def put(self, key: str, data: bytes) -> None:
+        packed = split_key(key)
+        if packed is not None:
+            self.packs.put(*packed, data, durable=self.durable)
+            return
         path = self.root / key
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomic(path, data, durable=self.durable)
@@ -56,10 +67,33 @@ class LocalStore:
             sync_filesystem(self.root)
 
     def get(self, key: str) -> bytes:
-        return (self.root / key).read_bytes()
+        try:
+            return (self.root / key).read_bytes()  # a plain file: not packed, or from before
+        except FileNotFoundError:
+            packed = split_key(key)
+            if packed is None:
+                raise
+            return self.packs.get(*packed)
 
     def delete(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)
+        packed = split_key(key)
+        if packed is not None:
+            self.packs.delete(*packed, durable=self.durable)
+
+    def locate(self, name: str, day: datetime.date) -> str | None:
+        """The key of a body by its name and day, under whichever gateway key it is."""
+        try:
+            with os.scandir(self.root) as entries:
+                key_ids = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return None
+        for key_id in key_ids:
+            where = f"{key_id}/{day:%Y/%m/%d}"
+            if os.path.isfile(os.path.join(self.root, where, name)) or self.packs.find(where,
+                                                                                     name):
+                return f"{where}/{name}"
+        return None
 
     def url(self, key: str) -> str:
         return (self.root / key).as_uri()
@@ -82,7 +116,7 @@ class LocalStore:
 
     def sweep(self, retention: float, now: float) -> tuple[int, int]:
         """Delete the days whose every body is older than `retention` seconds: a day D goes
-        once D+1 00:00 UTC is that far in the past. Returns (days, files) removed. Another
+        once D+1 00:00 UTC is that far in the past. Returns (days, bodies) removed. Another
         process sweeping at the same time is skipped, not raced."""
         cutoff = datetime.datetime.fromtimestamp(now - retention, datetime.UTC).date()
         removed_days = removed_files = 0
@@ -92,7 +126,7 @@ class LocalStore:
             for _, when, directory in list(self.days()):
                 if when >= cutoff:
                     continue
-                removed_files += sum(1 for p in directory.iterdir() if p.is_file())
+                removed_files += self.packs.usage(directory).bodies
                 shutil.rmtree(directory, ignore_errors=True)
                 removed_days += 1
                 for parent in (directory.parent, directory.parent.parent,
@@ -102,19 +136,12 @@ class LocalStore:
         return removed_days, removed_files
 
     def usage(self) -> list[dict[str, Any]]:
-        """Per key and day: files, their bytes, and the disk blocks they occupy."""
+        """Per key and day: bodies and their bytes, files and the disk blocks they occupy."""
         rows = []
         for key_id, when, directory in self.days():
-            files = size = on_disk = 0
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    if entry.is_file(follow_symlinks=False):
-                        st = entry.stat(follow_symlinks=False)
-                        files += 1
-                        size += st.st_size
-                        on_disk += st.st_blocks * 512
-            rows.append({"day": when.isoformat(), "key": key_id, "files": files,
-                         "bytes": size, "disk_bytes": on_disk})
+            use = self.packs.usage(directory)
+            rows.append({"day": when.isoformat(), "key": key_id, "bodies": use.bodies,
+                         "bytes": use.bytes, "files": use.files, "disk_bytes": use.disk_bytes})
         return sorted(rows, key=lambda r: (r["day"], r["key"]))
 
 

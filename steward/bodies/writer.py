@@ -662,9 +662,9 @@ def find_key(home: Path, store: BodyStore, request_id: str) -> str | None:
         return None
     day = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).date()
     for when in (day, day - datetime.timedelta(days=1), day + datetime.timedelta(days=1)):
-        pattern = f"*/{when:%Y/%m/%d}/{request_id}.json.gz"
-        for path in store.root.glob(pattern):
-            return str(path.relative_to(store.root))
+        key = store.locate(f"{request_id}.json.gz", when)
+        if key is not None:
+            return key
     return None
 
 

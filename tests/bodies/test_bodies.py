@@ -17,6 +17,7 @@ import pytest
 
 from steward.bodies.stores import LocalStore
 from steward.bodies.writer import BodyWriter, Capture, build_document
+from tests.support.bodies import count_bodies, stored_bytes, stored_document
 from tests.support.daemon import Daemon, cli, free_port, provider_env
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.storage_servers import MotoS3, gcs_client, gcs_server
@@ -27,11 +28,13 @@ S3_SECRET = "fake-secret-9d8c7b6a"
 
 
 def read_local(ref: str) -> dict[str, Any]:
-    return json.loads(gzip.decompress(Path(unquote(urlparse(ref).path)).read_bytes()))
+    document = stored_document(ref)
+    assert document is not None, ref
+    return document
 
 
 def local_exists(ref: str) -> bool:
-    return Path(unquote(urlparse(ref).path)).exists()
+    return stored_bytes(ref) is not None
 
 
 def check_documents(daemon: Daemon, key: str, read: Any, upstream: FakeUpstream) -> None:
@@ -75,8 +78,8 @@ def test_local_directory(gateway: tuple[Daemon, str], upstream: FakeUpstream) ->
         return read_local(ref) if local_exists(ref) else None
 
     check_documents(daemon, key, read, upstream)
-    path = Path(unquote(urlparse(daemon.records()[-1]["body_ref"]).path))
-    assert path.stat().st_mode & 0o777 == 0o600
+    day = Path(unquote(urlparse(daemon.records()[-1]["body_ref"]).path)).parent
+    assert {p.stat().st_mode & 0o777 for p in day.iterdir()} == {0o600}  # packs, indexes
 
 
 @pytest.fixture
@@ -231,7 +234,7 @@ def test_storage_can_be_turned_off(fresh_home: tuple[Path, str], upstream: FakeU
     finally:
         daemon.stop()
     assert daemon.records()[-1]["body_ref"] is None
-    assert not list((home / "bodies").rglob("*.json.gz"))
+    assert count_bodies(home / "bodies") == 0
 
 
 def test_bucket_status_reports_pending(fresh_home: tuple[Path, str]) -> None:

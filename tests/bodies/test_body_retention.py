@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from steward.bodies.stores import LocalStore
+from tests.support.bodies import count_bodies, stored_bytes
 from tests.support.daemon import Daemon, cli, init_home, provider_env
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.filesystems import tmpfs
@@ -71,7 +72,7 @@ def test_sweep_with_an_injected_clock_under_traffic(fresh_home: tuple[Path, str]
     sender.start()
     try:
         store = LocalStore(root)
-        wait_for(lambda: list(root.glob("*/*/*/*/*.json.gz")) != [], 10, "bodies of today")
+        wait_for(lambda: count_bodies(root) > 6, 10, "bodies of today")
         assert store.sweep(DAY, time.time()) == (2, 4)  # D-3 and D-2 are past one day
         assert not days[3].exists() and not days[2].exists() and days[1].exists()
         assert store.sweep(DAY, time.time() + DAY) == (1, 2)  # tomorrow, D-1 is too
@@ -82,7 +83,7 @@ def test_sweep_with_an_injected_clock_under_traffic(fresh_home: tuple[Path, str]
     running.stop()
     assert failures == []
     records = running.records()
-    assert records and all(Path(r["body_ref"].removeprefix("file://")).exists()
+    assert records and all(stored_bytes(r["body_ref"]) is not None
                            for r in records)  # today's bodies, written under the sweep
     assert "bodies.retention" not in running.log()  # "off": the daemon never swept
 
@@ -95,8 +96,7 @@ def test_bodies_get_and_du(fresh_home: tuple[Path, str], upstream: FakeUpstream)
         request_id = got.headers["x-majordomo-request-id"]
         record = wait_for(lambda: [r for r in running.records() if r["id"] == request_id], 10,
                           "the record")[0]
-        wait_for(lambda: Path(record["body_ref"].removeprefix("file://")).exists(), 10,
-                 "the body")
+        wait_for(lambda: stored_bytes(record["body_ref"]), 10, "the body")
     finally:
         running.stop()
     shown = json.loads(cli("bodies", "get", request_id, home=home).stdout)
@@ -116,7 +116,8 @@ def test_bodies_get_and_du(fresh_home: tuple[Path, str], upstream: FakeUpstream)
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1
     assert "no body found" in missing.stderr
     usage = json.loads(cli("bodies", "du", "--json", home=home).stdout)
-    assert len(usage) == 1 and usage[0]["files"] == 1
+    assert len(usage) == 1 and usage[0]["bodies"] == 1
+    assert usage[0]["files"] == 2  # the worker's pack and its index
     assert usage[0]["day"] == datetime.datetime.now(datetime.UTC).date().isoformat()
     assert usage[0]["disk_bytes"] >= usage[0]["bytes"] > 0
 
@@ -132,13 +133,13 @@ def test_low_disk_stops_bodies_not_requests(tmp_path: Path, upstream: FakeUpstre
             filler = bodies / "filler"
             filler.write_bytes(b"\0" * (13 * 2**20))  # 3 MiB left, under the 4 MiB floor
             wait_for(lambda: "under bodies.min_free" in running.log(), 10, "the guard")
-            stored = set(bodies.glob("*/*/*/*/*.json.gz"))
+            stored = count_bodies(bodies)
             for _ in range(5):
                 assert _post(running, key).status_code == 200
             low = running.records()[-5:]
             assert all(r["body_ref"] is None and r["body_error"].startswith("not stored: ")
                        and "bodies.min_free (4.0 MiB)" in r["body_error"] for r in low)
-            assert set(bodies.glob("*/*/*/*/*.json.gz")) == stored  # nothing new written
+            assert count_bodies(bodies) == stored  # nothing new written
             ready = httpx.get(running.admin_url + "/readyz").json()
             assert ready["ready"] is True and "body storage" in ready["degraded"]
             assert ready["bodies"]["refusing"].startswith("not stored")
@@ -149,8 +150,7 @@ def test_low_disk_stops_bodies_not_requests(tmp_path: Path, upstream: FakeUpstre
             assert _post(running, key).status_code == 200
             last = running.records()[-1]
             assert last["body_error"] is None
-            wait_for(lambda: Path(last["body_ref"].removeprefix("file://")).exists(), 10,
-                     "bodies written again")
+            wait_for(lambda: stored_bytes(last["body_ref"]), 10, "bodies written again")
             assert running.log().count("under bodies.min_free") == 1  # per state change
         finally:
             running.stop()

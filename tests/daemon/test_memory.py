@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.bodies import count_bodies
 from tests.support.daemon import Daemon, provider_env
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.waiting import wait_for
@@ -96,7 +97,7 @@ def test_200_streams_and_a_burst_of_30_mib_bodies(fresh_home: tuple[Path, str],
         total = STREAMS + BIG_BODIES + len(HOSTILE)
         records = wait_for(lambda: len(r := daemon.records()) == total and r, 30, "every record")
         assert all(r["input_tokens"] == 25 for r in records if r["tags"]["case"] != "hostile")
-        wait_for(lambda: sum(1 for _ in (home / "bodies").rglob("*.json.gz")) == total, 120,
+        wait_for(lambda: count_bodies(home / "bodies") == total, 120,
                  "every body stored")
         peak = vm_mb(daemon.process.pid)
         after = vm_mb(daemon.process.pid, "VmRSS")
@@ -131,7 +132,7 @@ def test_a_100_mib_stream_an_endless_line_and_a_bomb_with_bodies_on(
                 size = sum(len(chunk) for chunk in response.iter_raw())
             assert response.status_code == 200 and size > 250_000
             done = len(peaks) + 1
-            wait_for(lambda n=done: sum(1 for _ in (home / "bodies").rglob("*.json.gz")) == n,
+            wait_for(lambda n=done: count_bodies(home / "bodies") == n,
                      120, f"the body of {behavior} stored")
             peaks[behavior] = vm_mb(daemon.process.pid) - at_rest
         print(f"worker RSS at rest {at_rest:.0f} MB; peak above it after each: {peaks}")

@@ -13,9 +13,7 @@ import re
 import socket
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import httpx
 import pytest
@@ -23,6 +21,7 @@ import pytest
 from steward.bodies import writer as bodies
 from steward.bodies.writer import SPILL_AT, Capture, build_document
 from steward.providers import FORMATS, Route
+from tests.support.bodies import stored_document
 from tests.support.daemon import Daemon, init_home, provider_env
 from tests.support.fake_upstream import FakeUpstream, gzip_bomb
 from tests.support.waiting import wait_for
@@ -208,9 +207,7 @@ def test_only_a_body_that_says_it_is_json_is_flagged_unreadable(content_type: st
 # -- decompression bombs --------------------------------------------------------------------
 
 def stored_body(daemon: Daemon, rec: dict[str, Any]) -> dict[str, Any]:
-    path = Path(unquote(urlparse(rec["body_ref"]).path))
-    wait_for(path.exists, 30, "the body document")
-    return json.loads(gzip.decompress(path.read_bytes()))
+    return wait_for(lambda: stored_document(rec["body_ref"]), 30, "the body document")
 
 
 def test_a_decompression_bomb_is_relayed_as_sent_and_not_inflated(gateway: Gateway) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -18,6 +17,7 @@ import pytest
 from google import genai
 from google.genai import types as genai_types
 
+from tests.support.bodies import stored_bytes
 from tests.support.daemon import Daemon
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.waiting import wait_for
@@ -438,7 +438,7 @@ def test_nothing_blocks_the_event_loop(gateway: Gateway, tag: str) -> None:
             assert got.status_code == (429 if behavior == "status:429" else 200), got.text
     records = [r for r in gateway[0].records() if r["tags"].get("test") == tag]
     assert len(records) == len(LOOP_TRAFFIC)
-    wait_for(lambda: all(Path(r["body_ref"].removeprefix("file://")).exists() for r in records),
+    wait_for(lambda: all(stored_bytes(r["body_ref"]) is not None for r in records),
              30, "every body stored")
     steady = gateway[0].log_path.read_bytes()[gateway[0].warm_log_offset:].decode()
     slow = [line for line in steady.splitlines() if "Executing" in line and "took" in line]
