@@ -610,7 +610,7 @@ class BodyWriter:
             held = await self._retry_held()
             names = await asyncio.to_thread(self._list_pending)  # never glob on the loop
             self.pending_count = len(names)
-            progressed = False
+            stored: list[Path] = []
             for name in names:
                 path = self.pending_dir / name
                 try:
@@ -620,12 +620,23 @@ class BodyWriter:
                 if not await self._upload(name.replace("__", "/"), data, attempts=1,
                                           quiet=True):
                     break
+                stored.append(path)
+            if stored:
+                # The durable copy goes only once the stored one is durable too (a local
+                # store may defer its fsync to flush()).
+                try:
+                    await asyncio.to_thread(self.store.flush)
+                except OSError as exc:
+                    log.error("could not flush stored bodies to disk: %s; keeping their "
+                              "pending copies", exc)
+                    stored = []
+            for path in stored:
                 try:
                     await asyncio.to_thread(path.unlink, True)
                 except OSError as exc:  # stored; re-sending it later is harmless
                     log.error("could not remove uploaded body %s: %s", path, exc)
                 self.pending_count -= 1
-                progressed = True
+            progressed = bool(stored)
             delay = 1.0 if progressed or held or not names else min(delay * 2, 30.0)
             await sleep_or_wake(self._wake_drain, delay)
 

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from steward.bodies.stores import LocalStore
-from steward.bodies.writer import BodyWriter, Capture, build_document
+from steward.bodies.writer import PENDING_DIR, BodyWriter, Capture, build_document
 from tests.support.bodies import count_bodies, stored_bytes, stored_document
 from tests.support.daemon import Daemon, cli, free_port, provider_env
 from tests.support.fake_upstream import FakeUpstream
@@ -319,3 +319,29 @@ def test_deeply_nested_json_body_is_stored_as_text() -> None:
     doc = json.loads(gzip.decompress(build_document(Capture(
         "k", {"id": "x"}, [(b"content-type", b"application/json")], deep, b""))))
     assert doc["request"]["body_encoding"] == "text" and doc["request"]["body"] == deep.decode()
+
+
+def test_a_pending_body_is_removed_only_once_its_stored_copy_is_flushed(tmp_path: Path) -> None:
+    pending = tmp_path / PENDING_DIR
+    pending.mkdir()
+    body = pending / "k__2026__01__02__r1.json.gz"
+    body.write_bytes(gzip.compress(b'{"id": "r1"}'))
+    seen: list[bool] = []
+
+    class Store(LocalStore):
+        def flush(self) -> None:
+            seen.append(body.exists())  # the durable copy must outlive the flush
+            super().flush()
+
+    store = Store(tmp_path / "bodies", durable=False)
+
+    async def run() -> None:
+        writer = BodyWriter(store, tmp_path, workers=1, queue_bytes=1 << 20)
+        writer.start()
+        while body.exists():
+            await asyncio.sleep(0.01)
+        await writer.stop()
+
+    asyncio.run(asyncio.wait_for(run(), 10))
+    assert store.get("k/2026/01/02/r1.json.gz") == gzip.compress(b'{"id": "r1"}')
+    assert seen and seen[0] is True

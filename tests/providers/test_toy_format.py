@@ -25,6 +25,7 @@ from steward.providers.base import Route, StreamReader, WireFormat, loads, scope
 from steward.providers.usage import Reading, Usage
 from steward.proxy.credentials import upstream_credential
 from steward.proxy.routing import Router
+from tests.support.bodies import stored_bytes
 from tests.support.daemon import Daemon, cli, init_home
 from tests.support.waiting import wait_for
 
@@ -216,9 +217,9 @@ def test_the_daemon_serves_a_plugin_format_end_to_end(tmp_path: Path, toy_upstre
         assert second["stream"] is True and second["ttft_ms"] is not None
         assert (second["input_tokens"], second["output_tokens"]) == (4, 2)
 
-        body_file = Path(second["body_ref"].removeprefix("file://"))
-        wait_for(body_file.exists, 10, "the streamed request's body stored")
-        document = gzip.decompress(body_file.read_bytes()).decode()
+        stored = wait_for(lambda: stored_bytes(second["body_ref"]), 10,
+                          "the streamed request's body stored")
+        document = gzip.decompress(stored).decode()
         assert "sk-toy-callers" not in document
         assert "toy_key=%5BREDACTED%5D" in document
     finally:
