@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import socket
 import statistics
@@ -63,8 +64,10 @@ QUIET = {"proxy-only"}  # configurations run through bench/steward_quiet.py (no 
 SHOWN_KEYS = ("bodies.enabled", "bodies.url", "bodies.fsync", "metadata.fsync",
               "server.log_format")
 # LiteLLM's proxy, configured as lightly as it allows: one model entry pointing at the mock as
-# an OpenAI-compatible base URL; no database (no DATABASE_URL), no master key, no callbacks,
-# spend logs off, its own logging at ERROR, the bundled cost map (no fetch at start-up).
+# an OpenAI-compatible base URL; a master key (it refuses to start without one; with no database
+# the check is a comparison in memory, as Steward's key lookup is); no database (DATABASE_URL
+# unset), no callbacks, spend logs off, its logging at ERROR, the cost map bundled with it (no
+# fetch at start-up). Its telemetry records nothing until a destination is chosen; none is.
 LITELLM_CONFIG = """\
 model_list:
   - model_name: gpt-4o
@@ -72,14 +75,11 @@ model_list:
       model: openai/gpt-4o
       api_base: {base}
       api_key: sk-bench
-litellm_settings:
-  set_verbose: false
-  telemetry: false
 general_settings:
+  master_key: {master_key}
   disable_spend_logs: true
 """
-LITELLM_ENV = {"LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-               "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True"}
+LITELLM_ENV = {"LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,8 +295,12 @@ class Bench:
         sockets = re.search(r"Socket errors: (.*)", text)
         if sockets:
             errors.append(f"socket errors ({sockets.group(1).strip()})")
+        if not requests:  # nothing finished within the cell (a slow server, a short cell)
+            errors.append("no request completed")
+        nan = float("nan")
         return Cell(float(find(r"Requests/sec:\s+([\d.]+)")), requests,
-                    to_ms(find(r"^\s*50%\s+(\S+)")), to_ms(find(r"^\s*99%\s+(\S+)")),
+                    to_ms(find(r"^\s*50%\s+(\S+)")) if requests else nan,
+                    to_ms(find(r"^\s*99%\s+(\S+)")) if requests else nan,
                     cpu * 1000 / requests if pids and requests else float("nan"),
                     "; ".join(errors))
 
@@ -420,7 +424,9 @@ def effective(home: Path, config: str, upstream: Target) -> str:
 @contextmanager
 def litellm(executable: str, upstream: Target, cpus: str, tmp: Path) -> Iterator[Target]:
     config = tmp / "litellm.yaml"
-    config.write_text(LITELLM_CONFIG.format(base=f"http://127.0.0.1:{upstream.port}/v1"))
+    master_key = "sk-" + secrets.token_hex(32)
+    config.write_text(LITELLM_CONFIG.format(base=f"http://127.0.0.1:{upstream.port}/v1",
+                                            master_key=master_key))
     port = free_port()
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "OPENAI_API_KEY", "LITELLM_MASTER_KEY")}
@@ -434,7 +440,7 @@ def litellm(executable: str, upstream: Target, cpus: str, tmp: Path) -> Iterator
                  180, f"LiteLLM did not start; see {tmp / 'litellm.log'}")
         if process.poll() is not None:
             raise RuntimeError(f"LiteLLM exited: {(tmp / 'litellm.log').read_text()[-2000:]}")
-        yield Target("litellm", port, {}, process.pid)
+        yield Target("litellm", port, {"Authorization": f"Bearer {master_key}"}, process.pid)
     finally:
         process.terminate()
         try:
@@ -487,6 +493,10 @@ def fmt(value: float, digits: int = 0, unit: str = "") -> str:
 
 def added(value: float, base: float, digits: int = 2) -> str:
     return f"{fmt(value, digits)} ms (+{fmt(value - base, digits)})"
+
+
+def times(a: float, b: float) -> str:
+    return f"{a / b:.2f}×" if a > 0 and b > 0 else "—"
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -550,16 +560,17 @@ def run_configs(bench: Bench, configs: list[str], mock: Target, home: Path,
             t_sse = bench.cell(two, True, 64)
             each = "/".join(f"{rss_mb(p):.0f}" for p in workers(two)) or f"{two.rss():.0f}"
         two_rows.append([f"Steward, {config}", fmt(t16.rps), fmt(t64.rps),
-                         f"{t64.rps / j64.rps:.2f}×", fmt(t_sse.rps),
-                         f"{t_sse.rps / s64.rps:.2f}×", f"{each} MB"])
+                         times(t64.rps, j64.rps), fmt(t_sse.rps), times(t_sse.rps, s64.rps),
+                         f"{each} MB"])
     return [
         "JSON chat completions, one worker on one core (CPU per request at c=16; p50 added "
         "over calling the mock directly):", "",
         *table(["", "req/s c=1", "req/s c=16", "req/s c=64", "p50 c=1 (added)",
                 "CPU ms/req", "RSS"], json_rows), "",
-        "SSE chat streams (23 events ~1 ms apart, include_usage), one worker on one core: time "
-        "to the first event for one caller, streams/s and CPU per stream at 64 connections, "
-        "the records' median ttft_ms at 1 and at 16 connections:", "",
+        "SSE chat streams (23 events ~1 ms apart, include_usage; called directly, one stream "
+        f"lasts {fmt(direct.sse1.p50, 1)} ms at p50), one worker on one core: time to the first "
+        "event for one caller, streams/s and CPU per stream at 64 connections, the records' "
+        "median ttft_ms at 1 and at 16 connections:", "",
         *table(["", "first event c=1 (added)", "streams/s c=64", "CPU ms/stream",
                 "record ttft_ms c=1 → c=16", "streams/s c=16"], sse_rows), "",
         f"Two workers ({bench.layout.two_note}):", "",
@@ -619,6 +630,8 @@ def run_peers(bench: Bench, litellm_bin: str, config: str, rounds: int, mock: Ta
 
     def ratio(what: str, higher_is_better: bool = True) -> str:
         a, b = med(ours, what), med(peer, what)
+        if not (a > 0 and b > 0):  # zero or NaN: nothing completed on one side
+            return "—"
         return f"{(a / b if higher_is_better else b / a):.1f}×"
 
     rows.append(["Steward ÷ LiteLLM (speed-up)", ratio("json1"), ratio("json16"),

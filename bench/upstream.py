@@ -61,12 +61,15 @@ class Ticker:
         self.interval = interval
         self.streams: dict[Upstream, int] = {}
         self.handle: asyncio.TimerHandle | None = None
+        self.due = 0.0  # when the next tick is due, on the loop's clock
 
     def start(self, conn: Upstream) -> None:
         conn.transport.write(SSE_WRITES[0])
         self.streams[conn] = 1
         if self.handle is None:
-            self.handle = asyncio.get_running_loop().call_later(self.interval, self.tick)
+            loop = asyncio.get_running_loop()
+            self.due = loop.time() + self.interval
+            self.handle = loop.call_at(self.due, self.tick)
 
     def tick(self) -> None:
         finished = []
@@ -85,7 +88,11 @@ class Ticker:
         for conn in finished:
             conn.stream_done()  # may start the connection's next stream
         if self.streams and self.handle is None:
-            self.handle = asyncio.get_running_loop().call_later(self.interval, self.tick)
+            # Due times on a fixed grid, so a late tick shortens the next wait and events keep
+            # an average spacing of one interval (a timer re-armed with call_later drifts late).
+            loop = asyncio.get_running_loop()
+            self.due = max(self.due + self.interval, loop.time())
+            self.handle = loop.call_at(self.due, self.tick)
 
 
 TICKER = Ticker(0.001)
