@@ -436,10 +436,11 @@ def litellm(executable: str, upstream: Target, cpus: str, tmp: Path) -> Iterator
                                 "--num_workers", "1"],
                                env={**env, **LITELLM_ENV}, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: process.poll() is not None or answers(port, "/health/liveliness"),
-                 180, f"LiteLLM did not start; see {tmp / 'litellm.log'}")
-        if process.poll() is not None:
-            raise RuntimeError(f"LiteLLM exited: {(tmp / 'litellm.log').read_text()[-2000:]}")
+        started = wait_for(lambda: process.poll() is not None
+                           or answers(port, "/health/liveliness"), 180)
+        if not started or process.poll() is not None:
+            raise RuntimeError("LiteLLM did not start; the end of its log:\n"
+                               + (tmp / "litellm.log").read_text(errors="replace")[-3000:])
         yield Target("litellm", port, {"Authorization": f"Bearer {master_key}"}, process.pid)
     finally:
         process.terminate()
@@ -462,12 +463,14 @@ def answers(port: int, path: str) -> bool:
         return False
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, message: str) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll until the condition holds (True) or the timeout passes (False)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise RuntimeError(message)
+            return False
         time.sleep(0.2)
+    return True
 
 
 def chat_status(target: Target) -> tuple[int, str]:
