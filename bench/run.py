@@ -270,12 +270,14 @@ class Bench:
 
     def wrk(self, target: Target, stream: bool, connections: int, tag: str | None = None,
             duration: float | None = None) -> Cell:
+        """One wrk run against the target, with the CPU its processes used meanwhile."""
         lua = self.script(target, stream, tag)
         pids = target.pids()
         before = cpu_seconds(pids)
         result = subprocess.run(
             ["taskset", "-c", self.layout.load, "wrk", "-t", "1", "-c", str(connections),
-             "-d", f"{duration or self.duration:g}s", "--timeout", "10s", "--latency",
+             "-d", f"{max(1, round(duration or self.duration))}s",  # wrk takes whole seconds
+             "--timeout", "10s", "--latency",
              "-s", str(lua), f"http://127.0.0.1:{target.port}/v1/chat/completions"],
             capture_output=True, text=True, check=True)
         cpu = cpu_seconds(pids) - before
@@ -648,18 +650,68 @@ def run_peers(bench: Bench, litellm_bin: str, config: str, rounds: int, mock: Ta
     ]
 
 
+def run_soak(bench: Bench, config: str, total: int, mock: Target, home: Path,
+             key: str) -> list[str]:
+    """JSON chat at 16 connections through one pinned worker until `total` requests have been
+    answered, in slices of at most 30 s, with the worker's RSS after each slice; then how many
+    records the spool holds for them (one per answer, and one per request wrk cut off at the
+    end of a slice, which Steward records as the caller going away)."""
+    bench.say(f"soak: {total:,} JSON requests through {config}, one worker on core "
+              f"{bench.layout.one}, 16 connections")
+    done = answered = 0
+    series = []
+    started = time.monotonic()
+    with steward(config, home, key, mock, bench.layout.one) as one:
+        bench.warm(one)
+        first = one.rss()
+        rate = 1000.0
+        while done < total:
+            slice_s = max(1, min(30, round((total - done) / rate)))
+            got = bench.wrk(one, False, 16, "soak", slice_s)
+            done += got.requests
+            non2xx = re.search(r"(\d+) non-2xx", got.errors)
+            answered += got.requests - (int(non2xx.group(1)) if non2xx else 0)
+            rate = max(got.rps, 1.0)
+            series.append(one.rss())
+            bench.say(f"  {done:>10,} requests  {got.rps:>7,.0f}/s  RSS {series[-1]:.0f} MB"
+                      f"{'  ERRORS: ' + got.errors if got.errors else ''}")
+    records = ok = 0
+    for path in sorted((home / "spool").glob("*.ndjson")):
+        with path.open("rb") as fh:
+            for line in fh:
+                if b'"soak"' in line:
+                    record = json.loads(line)
+                    if record["tags"].get("bench") == "soak":
+                        records += 1
+                        ok += 200 <= (record.get("status") or 0) < 300
+    took = time.monotonic() - started
+    bench.say(f"  records tagged soak: {records:,} ({ok:,} with a 2xx status) for {answered:,} "
+              f"2xx answers counted by wrk")
+    mid = series[len(series) // 2]
+    return [
+        f"Soak ({config}, one worker, 16 connections, {took:.0f} s):", "",
+        *table(["requests", "RSS after warm-up", "RSS half-way", "RSS at the end",
+                "records (2xx) / 2xx answers"],
+               [[f"{done:,}", f"{first:.0f} MB", f"{mid:.0f} MB", f"{series[-1]:.0f} MB",
+                 f"{records:,} ({ok:,}) / {answered:,}"]]),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=",".join(CONFIGS),
                         help=f"comma-separated, from {', '.join(CONFIGS)} (default: all)")
-    parser.add_argument("--duration", type=float,
-                        default=float(os.environ.get("BENCH_DURATION", "5")),
-                        help="seconds per cell (default: $BENCH_DURATION or 5)")
+    parser.add_argument("--duration", type=int,
+                        default=int(os.environ.get("BENCH_DURATION", "5")),
+                        help="whole seconds per cell (default: $BENCH_DURATION or 5)")
     parser.add_argument("--peers", metavar="LITELLM",
                         help="the litellm executable: compare with LiteLLM's proxy instead")
     parser.add_argument("--rounds", type=int, default=2,
                         help="--peers: Steward/LiteLLM pairs per cell (default 2)")
+    parser.add_argument("--soak", type=int, metavar="REQUESTS", default=0,
+                        help="after the rows, REQUESTS JSON requests through one worker of "
+                             "the first configuration, RSS as they go (e.g. 1000000)")
     parser.add_argument("--output", type=Path, default=HERE / "last-run.md",
                         help="where the markdown goes (default bench/last-run.md)")
     args = parser.parse_args()
@@ -695,6 +747,8 @@ def main() -> None:
                 tables = run_peers(bench, args.peers, configs[0], args.rounds, mock, home, key)
             else:
                 tables = run_configs(bench, configs, mock, home, key)
+            if args.soak:
+                tables += ["", *run_soak(bench, configs[0], args.soak, mock, home, key)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     took = f"took {time.monotonic() - started:.0f} s"
