@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint bench fuzz dist clean
+.PHONY: run test lint bench bench-peers fuzz dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,23 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check steward cli tests bench packaging
 
+# Every row the README reports, in one sitting. BENCH_DURATION (seconds per cell, default 5)
+# and BENCH_ARGS pass through, e.g. make bench BENCH_ARGS="--config bodies-off".
+BENCH_ARGS ?=
 bench: $(VENV)/.installed-test
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# The same cells through LiteLLM's proxy, pinned version, in its own virtualenv (never .venv).
+LITELLM_VERSION ?= 1.108.7
+LITELLM_VENV := .bench/litellm-$(LITELLM_VERSION)
+$(LITELLM_VENV)/.installed:
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip --disable-pip-version-check -q install \
+		'litellm[proxy]==$(LITELLM_VERSION)'
+	touch $@
+
+bench-peers: $(VENV)/.installed-test $(LITELLM_VENV)/.installed
+	$(BIN)/python bench/run.py --peers $(LITELLM_VENV)/bin/litellm $(BENCH_ARGS)
 
 # Coverage-guided fuzzing of the stream parsers and meters, bounded in time; findings are
 # written to .fuzz-artifacts/ and the corpus grows in .fuzz-corpus/ between runs.
@@ -50,4 +65,4 @@ dist: $(VENV)/.installed
 	@ls -l dist/steward
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis .fuzz-corpus .fuzz-artifacts
+	rm -rf $(VENV) .bench build *.egg-info .pytest_cache .ruff_cache .hypothesis .fuzz-corpus .fuzz-artifacts
