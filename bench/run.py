@@ -11,9 +11,8 @@ top of a fresh `steward init` home whose OpenAI base URL points at the mock:
               (metadata.fsync = "1s"), body capture to <home>/bodies (bodies.fsync = "1s"),
               Prometheus metrics and one JSON access line per request (stderr, to a file).
   bodies-off  bodies.enabled = false (STEWARD_BODIES__ENABLED=false); the rest as everything.
-  proxy-only  bodies-off, and no access log. Steward has no key for it: bench/steward_quiet.py
-              raises the `steward.access` logger to WARNING, which is the proxy's only test.
-              Usage, cost, the spool and metrics stay on (they have no switch).
+  proxy-only  bodies-off, and server.access_log = false. Usage, cost, the spool and metrics
+              stay on (they have no switch).
 
 --peers LITELLM (what `make bench-peers` passes): instead of the rows above, the same mock,
 wrk, pinning and cells through Steward and LiteLLM's proxy, alternating Steward, LiteLLM,
@@ -58,11 +57,10 @@ SSE_BODY = BODY % ',"stream":true,"stream_options":{"include_usage":true}'
 CONFIGS: dict[str, dict[str, str]] = {
     "everything": {},
     "bodies-off": {"STEWARD_BODIES__ENABLED": "false"},
-    "proxy-only": {"STEWARD_BODIES__ENABLED": "false"},
+    "proxy-only": {"STEWARD_BODIES__ENABLED": "false", "STEWARD_SERVER__ACCESS_LOG": "false"},
 }
-QUIET = {"proxy-only"}  # configurations run through bench/steward_quiet.py (no access log)
 SHOWN_KEYS = ("bodies.enabled", "bodies.url", "bodies.fsync", "metadata.fsync",
-              "server.log_format")
+              "server.log_format", "server.access_log")
 # LiteLLM's proxy, configured as lightly as it allows: one model entry pointing at the mock as
 # an OpenAI-compatible base URL; a master key (it refuses to start without one; with no database
 # the check is a comparison in memory, as Steward's key lookup is); no database (DATABASE_URL
@@ -396,13 +394,9 @@ def steward(config: str, home: Path, key: str, upstream: Target, cpus: str,
     env = {"STEWARD_PROVIDERS__OPENAI__BASE_URL": f"http://127.0.0.1:{upstream.port}/v1",
            **CONFIGS[config]}
     prefix: tuple[str, ...] = ("taskset", "-c", cpus)
-    options: dict[str, str] = {}
-    if config in QUIET:
-        prefix += (sys.executable,)
-        options["executable"] = str(HERE / "steward_quiet.py")
     daemon = Daemon(home, env=env, prefix=prefix,
                     args=("--workers", str(workers)) if workers > 1 else (),
-                    log_file=home / f"daemon-{config}-{workers}w.log", **options).start()
+                    log_file=home / f"daemon-{config}-{workers}w.log").start()
     try:
         assert daemon.process is not None
         yield Target(f"steward {config}" + (f" {workers}w" if workers > 1 else ""), daemon.port,
@@ -419,8 +413,7 @@ def effective(home: Path, config: str, upstream: Target) -> str:
     for dotted in SHOWN_KEYS:
         section, name = dotted.split(".")
         shown.append(f"{dotted}={data.get(section, {}).get(name)!r}")
-    access = "off (bench/steward_quiet.py)" if config in QUIET else "on"
-    return f"{config}: {', '.join(shown)}, access log {access}"
+    return f"{config}: {', '.join(shown)}"
 
 
 @contextmanager

@@ -159,7 +159,7 @@ def run(home: HomeOption = None,
             os.environ[f"STEWARD_SERVER__{name.upper()}"] = str(given)
     with _db(target) as conn:
         _vault(target, conn)  # fail now, in one line, if the master key is missing or wrong
-    configure_logging(config.server.log_format)
+    configure_logging(config.server.log_format, access=config.server.access_log)
     out.print(f"Steward home: {target}", highlight=False)
     out.print(f"Listening on http://{config.server.host}:{config.server.port} "
               f"({config.server.workers} worker{'s' if config.server.workers > 1 else ''})",

@@ -136,6 +136,7 @@ class ServerConfig:
     admin_port: int = field(default=7681, metadata=_int_between(0, 65535))  # 0: no admin port
     drain_timeout: float = field(default=30.0, metadata={**DURATION, "check": _positive})
     log_format: str = field(default="auto", metadata={"check": _log_format})
+    access_log: bool = True  # one log line per request
 
 
 @dataclass(frozen=True)
@@ -520,6 +521,7 @@ DEFAULT_TOML = """\
 # admin_port = 7681            # 0 turns the admin listener off
 # drain_timeout = "30s"        # on SIGTERM, how long in-flight requests and streams may finish
 # log_format = "auto"          # JSON lines unless on a terminal; or "json" / "text"
+# access_log = true            # one line per request; false at rates where logs cost too much
 
 [limits]
 # max_body_bytes = "32MiB"     # larger request bodies get 413

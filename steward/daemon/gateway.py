@@ -4,6 +4,7 @@ tasks. Built once per worker process; the proxy reads it, background tasks refre
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -20,7 +21,7 @@ from steward.bodies.bucket import bucket_settings
 from steward.bodies.stores import LocalStore, open_store
 from steward.bodies.writer import PENDING_DIR, BodyWriter
 from steward.config import Config, load_config
-from steward.daemon import allocator
+from steward.daemon import allocator, logs
 from steward.daemon.metrics import Metrics
 from steward.daemon.supervisor import InProcessReporter, Reporter
 from steward.errors import StewardError
@@ -284,8 +285,12 @@ class Gateway:
                 token = await asyncio.to_thread(provider_keys.get_secret, self._db,
                                                 self._vault, UPLOAD_TOKEN)
                 self._start_uploader(new, token)
-        for section in ("server", "bodies"):
-            if getattr(new, section) != getattr(old, section):
+        logs.access_lines(new.server.access_log)  # applies at once; the rest of [server]
+        restart_only = {"server": dataclasses.replace(new.server,  # needs a restart
+                                                      access_log=old.server.access_log),
+                        "bodies": new.bodies}
+        for section, changed in restart_only.items():
+            if changed != getattr(old, section):
                 log.warning("[%s] changed: restart Steward to apply it", section)
         self.config = new
         self._data_version = self._prices_mtime = -1  # force a reload of keys and prices

@@ -39,7 +39,14 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def configure(style: str = "auto", level: int = logging.INFO) -> None:
+def access_lines(on: bool) -> None:
+    """One access line per request, or none (server.access_log = false, for high rates);
+    warnings about refused keys on the same logger are kept either way."""
+    logging.getLogger("steward.access").setLevel(logging.INFO if on else logging.WARNING)
+
+
+def configure(style: str = "auto", level: int = logging.INFO, access: bool = True) -> None:
+    access_lines(access)
     use_json = style == "json" or (style == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())

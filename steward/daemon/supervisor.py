@@ -87,7 +87,7 @@ def worker_main(home: str, sockets: Sockets, channel: socket.socket, interval: f
         configure_logging()
         log.error("worker cannot start: %s", exc)
         raise SystemExit(2) from None
-    configure_logging(config.server.log_format)
+    configure_logging(config.server.log_format, access=config.server.access_log)
     reporter = WorkerReporter(channel, interval)
     uvloop.run(serve_worker(config, hypercorn_config(config), sockets, reporter))
 

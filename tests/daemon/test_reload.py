@@ -208,3 +208,24 @@ def test_no_server_change_is_claimed_for_command_line_overrides(
         assert "[server] changed" in running.log()  # a real change is still named
     finally:
         running.stop()
+
+
+def test_access_lines_follow_server_access_log_across_a_reload(
+        fresh_home: tuple[Path, str], upstream: FakeUpstream) -> None:
+    home, key = fresh_home
+    cli("config", "set", "server.access_log", "false", home=home)
+    running = Daemon(home, env=provider_env(upstream.url)).start()
+
+    def access_lines() -> int:
+        return sum('"logger": "steward.access"' in line and '"status"' in line
+                   for line in running.log().splitlines())
+    try:
+        assert _post(running, key).status_code == 200
+        cli("config", "set", "server.access_log", "true", home=home)
+        _reload(running)  # the quiet request's line, had there been one, is out by now
+        assert access_lines() == 0
+        assert _post(running, key).status_code == 200
+        wait_for(lambda: access_lines() == 1, 5, "the access line after the reload")
+        assert "[server] changed" not in running.log()  # applied, not deferred to a restart
+    finally:
+        running.stop()
