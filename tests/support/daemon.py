@@ -162,7 +162,14 @@ class Daemon:
     def records(self) -> list[dict[str, Any]]:
         return read_records(self.home / "spool")
 
-    def record_tagged(self, name: str, value: str) -> dict[str, Any]:
-        found = [r for r in self.records() if r["tags"].get(name) == value]
+    def record_tagged(self, name: str, value: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The one record with this tag. Waited for: an SDK reading a stream returns at its
+        last event (`[DONE]`), which can come before the response's end, and the record is
+        promised only by the end."""
+        def tagged() -> list[dict[str, Any]]:
+            return [r for r in self.records() if r["tags"].get(name) == value]
+        deadline = time.monotonic() + timeout
+        while not (found := tagged()) and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert len(found) == 1, f"expected one record tagged {name}={value}, got {found}"
         return found[0]
