@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from . import allocator, db, gateway_keys, master_key, pricing, provider_keys
+from . import allocator, db, gateway_keys, master_key, pricing, provider_keys, telemetry
 from .bodies import PENDING_DIR, BodyWriter
 from .bucket import bucket_settings
 from .config import Config, load_config
@@ -55,6 +55,7 @@ class Gateway:
         self.spool = Spool(config.home / "spool", config.fsync_interval,
                            meta.segment_max_bytes, meta.segment_max_age)
         self.uploader: Uploader | None = None
+        self.telemetry: telemetry.Telemetry | None = None
         self.bodies: BodyWriter | None = None
         self.sessions: dict[str, aiohttp.ClientSession] = {}
         self.proxy: Proxy | None = None
@@ -109,6 +110,7 @@ class Gateway:
             token = await asyncio.to_thread(provider_keys.get_secret, self._db, self._vault,
                                             UPLOAD_TOKEN)
             self._start_uploader(self.config, token)
+        await self._apply_telemetry(self.config)
         # Everything loaded so far (frameworks, SDKs, the price table) lives as long as the
         # process: out of the collector's reach, a full collection scans only what requests
         # made, instead of pausing the loop for tens of ms to walk it all again.
@@ -130,6 +132,7 @@ class Gateway:
             with suppress(asyncio.CancelledError):
                 await task
         await asyncio.gather(*(s.close() for s in self.sessions.values()))
+        await self._stop_telemetry()
         if self.bodies is not None:
             await self.bodies.stop()
             await asyncio.to_thread(self.bodies.write_status, self.config.home)  # the final word
@@ -243,6 +246,30 @@ class Gateway:
         self._tasks.remove(self._upload_task)
         self.uploader = None
 
+    async def _apply_telemetry(self, config: Config) -> None:
+        """[telemetry] (or OTEL_EXPORTER_OTLP_*): spans and GenAI metrics, exported by this
+        worker in the background; the proxy only hands each finished record over. A changed
+        endpoint, header or sealed token makes a new exporter; the old one flushes first."""
+        settings = await asyncio.to_thread(telemetry.settings_for, config.telemetry, self._db,
+                                           self._vault)
+        if self.telemetry is not None and self.telemetry.settings == settings:
+            return
+        await self._stop_telemetry()
+        if settings is None:
+            return
+        self.telemetry = telemetry.Telemetry(settings, self.metrics)
+        self.telemetry.start()
+        if self.proxy is not None:
+            self.proxy.telemetry = self.telemetry
+
+    async def _stop_telemetry(self) -> None:
+        if self.telemetry is None:
+            return
+        if self.proxy is not None:
+            self.proxy.telemetry = None
+        old, self.telemetry = self.telemetry, None
+        await old.stop()
+
     async def _report(self) -> None:
         """Every interval, from this event loop: "still answering", with this worker's figures
         (systemd's watchdog depends on it); shared metric gauges every few seconds."""
@@ -281,6 +308,10 @@ class Gateway:
                 token = await asyncio.to_thread(provider_keys.get_secret, self._db,
                                                 self._vault, UPLOAD_TOKEN)
                 self._start_uploader(new, token)
+        try:
+            await self._apply_telemetry(new)
+        except StewardError as exc:
+            log.error("[telemetry] not reloaded, keeping the running exporter: %s", exc)
         for section in ("server", "bodies"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("[%s] changed: restart Steward to apply it", section)

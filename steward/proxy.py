@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from yarl import URL
@@ -38,6 +38,9 @@ from .provider_keys import CredentialIndex
 from .providers.base import DecodingMeter, Meter, WireFormat
 from .routing import Router
 from .spool import Spool
+
+if TYPE_CHECKING:
+    from .telemetry import Telemetry
 
 log = logging.getLogger("steward.proxy")
 access_log = logging.getLogger("steward.access")
@@ -65,6 +68,7 @@ class Proxy:
         self.keys = keys
         self.credentials = credentials
         self.spool = spool
+        self.telemetry: Telemetry | None = None  # set by the gateway when [telemetry] is on
         self.served = 0
         self.buffered_bytes = 0  # request bodies held right now, all requests together
         self.draining = 0.0  # on SIGTERM, server.drain_timeout: a cut from now on is the drain's
@@ -114,7 +118,7 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(method=scope["method"], path=scope["path"], query=scope["query_string"],
-                      raw_path=scope["raw_path"])
+                      raw_path=scope["raw_path"], headers=scope["headers"])
         try:
             await self._handle(ex, scope, receive, send)
         finally:
@@ -461,6 +465,8 @@ class Proxy:
             ex.capture.meta = {k: record[k] for k in BODY_META}
         await self.spool.append(record)
         self.metrics.observe(record)
+        if self.telemetry is not None:
+            self.telemetry.submit(ex, record)  # one append; spans are built in the background
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("%s %s %s %s", record["status"], record["provider"],
                             record["model"], record["path"],
