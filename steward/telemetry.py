@@ -731,20 +731,24 @@ class Telemetry:
             why = f"HTTP {status}"
         if self.metrics is not None:
             self.metrics.telemetry_failures.labels(signal).inc()
-        self._failing(url, why)
-        if status is None or status in RETRYABLE:
+        retry = status is None or status in RETRYABLE
+        self._failing(url, why, retry)
+        if retry:
             self._attempt += 1
             self._retry_at = loop.time() + _backoff(retry_after, self._attempt)
             return None
         return False
 
-    def _failing(self, url: str, why: str) -> None:
+    def _failing(self, url: str, why: str, retry: bool) -> None:
+        """Logged once per outage (and once more when it ends), however many retries."""
         if self._outage is None:
             self._outage = (time.monotonic(), self.dropped)
-            log.warning("telemetry: the OTLP collector at %s is failing (%s); spans wait in a "
-                        "queue of %d and the oldest are dropped when it is full (counted in "
-                        "steward_telemetry_spans_dropped_total); retrying with backoff", url, why,
-                        self.settings.queue_size)
+            then = (f"spans wait in a queue of {self.settings.queue_size}, the oldest dropped "
+                    "when it is full; retrying with backoff" if retry else
+                    "it refuses them for good, so they are dropped (check the endpoint and "
+                    "headers: `steward telemetry show`)")
+            log.warning("telemetry: the OTLP collector at %s is failing (%s): %s; drops are "
+                        "counted in steward_telemetry_spans_dropped_total", url, why, then)
 
     def _recovered(self) -> None:
         if self._outage is not None:

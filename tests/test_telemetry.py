@@ -9,6 +9,7 @@ outage and its recovery take a few seconds here instead of the default 30 s of b
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -27,7 +29,7 @@ from steward.config import TelemetryConfig, effective_dict, load_config
 from steward.errors import ConfigError
 from steward.providers import FORMATS
 from steward.providers.base import Route
-from steward.telemetry import resolve
+from steward.telemetry import Telemetry, resolve
 from tests.support.daemon import Daemon, cli, init_home, provider_env
 from tests.support.fake_upstream import (
     ANTHROPIC_USAGE,
@@ -403,6 +405,44 @@ def test_collector_outage_drops_the_oldest_counts_them_and_recovers(
         second.stop()
         first.stop()
         daemon.stop()
+
+
+def test_refused_and_partly_rejected_batches_are_counted_not_retried() -> None:
+    """A 400 (or a wrong token) cannot get better by retrying: the batch is dropped and
+    counted; spans a 200 reports as rejected count too. In-process, against a real socket."""
+    receiver = OTLPCollector(status=400).start()
+    settings = resolve(TelemetryConfig(otlp_endpoint=receiver.url), {})
+    assert settings is not None
+    exporter = Telemetry(settings)
+    upstream = SimpleNamespace(base_url="https://api.openai.com/v1")
+
+    def hand_off(count: int) -> None:
+        for _ in range(count):
+            record = {"id": str(uuid.uuid4()), "provider": "openai", "endpoint": "chat/completions",
+                      "model": "gpt-4o", "status": 200, "latency_ms": 5.0, "tags": {}}
+            exporter.submit(SimpleNamespace(headers=[], started_at=time.time(), reading=None,
+                                            upstream=upstream), record)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        exporter.start()
+        try:
+            hand_off(3)
+            await exporter.collect()
+            assert await exporter.export_spans()  # refused for good: not kept for a retry
+            assert (exporter.dropped, len(exporter.spans)) == (3, 0)
+            receiver.status, receiver.rejected_spans = 200, 1
+            hand_off(2)
+            await exporter.collect()
+            assert await exporter.export_spans()
+            assert (exporter.dropped, exporter.exported) == (4, 1)
+        finally:
+            await exporter.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        receiver.stop()
+    assert [e.path for e in receiver.exports].count("/v1/traces") == 2
 
 
 def test_settings_from_config_and_standard_variables() -> None:

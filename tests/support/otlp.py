@@ -46,6 +46,8 @@ class Export:
 class OTLPCollector:
     port: int = 0
     exports: list[Export] = field(default_factory=list)
+    status: int = 200  # what every export is answered with
+    rejected_spans: int = 0  # a partial success: this many spans of each export refused
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: LoopbackServer | None = None
 
@@ -73,7 +75,10 @@ class OTLPCollector:
             self.exports.append(Export(request.path, dict(request.headers), raw))
         answer = (ExportTraceServiceResponse() if request.path == "/v1/traces"
                   else ExportMetricsServiceResponse())
-        return web.Response(body=answer.SerializeToString(),
+        if self.rejected_spans and request.path == "/v1/traces":
+            answer.partial_success.rejected_spans = self.rejected_spans
+            answer.partial_success.error_message = "too many attributes"
+        return web.Response(body=answer.SerializeToString(), status=self.status,
                             content_type="application/x-protobuf")
 
     def _of(self, path: str) -> list[Export]:
