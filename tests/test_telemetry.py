@@ -208,11 +208,12 @@ def test_one_span_per_request_with_genai_attributes(
     assert collector.exports[-1].headers["Authorization"] == OTLP_TOKEN  # the sealed header
 
 
-def test_a_request_without_trace_context_starts_a_trace_named_by_its_request_id(
+def test_a_request_without_valid_trace_context_starts_a_trace_named_by_its_request_id(
         otel: tuple[Daemon, str], collector: OTLPCollector) -> None:
     daemon, key = otel
     tag = uuid.uuid4().hex
-    response = send(daemon, key, "/v1/chat/completions", CASES["openai"]["body"], tag)
+    response = send(daemon, key, "/v1/chat/completions", CASES["openai"]["body"], tag,
+                    {"traceparent": "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"})
     span = wait_for(lambda: collector.span_tagged("test", tag), what="the span")
     request_id = uuid.UUID(response.headers["X-Majordomo-Request-Id"])
     assert span.trace_id == request_id.bytes and span.parent_span_id == b""
