@@ -19,8 +19,8 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from steward.telemetry import Settings, Telemetry
-from steward.usage import Reading
+from steward.daemon.telemetry import Settings, Telemetry
+from steward.providers.usage import Reading
 
 N = 2048  # one full queue (OTEL_BSP_MAX_QUEUE_SIZE's default)
 REPEAT = 5  # best of

@@ -17,11 +17,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from steward import db, master_key
+from steward import db
 from steward.config import load_config, set_value
+from steward.daemon.telemetry import resolve, sealed_headers, store_headers
 from steward.errors import StewardError
 from steward.home import DB_FILE, require_home, resolve_home
-from steward.telemetry import resolve, sealed_headers, store_headers
+from steward.secrets import master_key
 
 telemetry_app = typer.Typer(no_args_is_help=True, help="OpenTelemetry export of spans and "
                             "GenAI metrics over OTLP/HTTP.")

@@ -16,8 +16,8 @@ from typing import Any
 
 import tomlkit
 
-from .errors import ConfigError
-from .files import write_atomic
+from steward.errors import ConfigError
+from steward.files import write_atomic
 
 CONFIG_FILE = "steward.toml"
 ENV_PREFIX = "STEWARD_"

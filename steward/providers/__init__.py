@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import Meter, Route, WireFormat
+from steward.providers.base import Meter, Route, WireFormat
 
 
 def _discover() -> dict[str, WireFormat]:

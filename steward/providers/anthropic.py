@@ -5,8 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..usage import Reading, Usage, as_int, dig
-from .base import Route, WireFormat, endpoints, find_endpoint, loads, scoped, stream_error
+from steward.providers.base import (
+    Route,
+    WireFormat,
+    endpoints,
+    find_endpoint,
+    loads,
+    scoped,
+    stream_error,
+)
+from steward.providers.usage import Reading, Usage, as_int, dig
 
 INFERENCE = endpoints(
     ("POST", r"/v1/messages", "messages"),

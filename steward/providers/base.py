@@ -12,8 +12,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from ..streams import MAX_SSE_LINE, SSEParser
-from ..usage import Reading, dig
+from steward.providers.streams import MAX_SSE_LINE, SSEParser
+from steward.providers.usage import Reading, dig
 
 # Non-streamed bodies larger than this are relayed but not parsed for usage; nor is a
 # compressed body past this size decompressed.

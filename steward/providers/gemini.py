@@ -9,9 +9,9 @@ import json
 import re
 from typing import Any
 
-from ..streams import MAX_SSE_LINE, JsonArrayScanner
-from ..usage import Reading, Usage, as_int, dig
-from .base import Meter, Route, WireFormat, loads, scoped, stream_error
+from steward.providers.base import Meter, Route, WireFormat, loads, scoped, stream_error
+from steward.providers.streams import MAX_SSE_LINE, JsonArrayScanner
+from steward.providers.usage import Reading, Usage, as_int, dig
 
 INFERENCE_METHODS = {"generateContent", "streamGenerateContent", "countTokens", "embedContent",
                      "batchEmbedContents"}

@@ -11,8 +11,16 @@ import json
 import re
 from typing import Any
 
-from ..usage import Reading, Usage, as_int, dig
-from .base import Route, WireFormat, endpoints, find_endpoint, loads, scoped, stream_error
+from steward.providers.base import (
+    Route,
+    WireFormat,
+    endpoints,
+    find_endpoint,
+    loads,
+    scoped,
+    stream_error,
+)
+from steward.providers.usage import Reading, Usage, as_int, dig
 
 _ID = r"/[^/]+"
 INFERENCE = endpoints(
