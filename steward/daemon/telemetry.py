@@ -32,7 +32,6 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -60,6 +59,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags, Status
 
+import steward
 from steward.config import TelemetryConfig
 from steward.db import transaction
 from steward.errors import ConfigError
@@ -456,10 +456,7 @@ class Telemetry:
         self._attempt = 0
         self._retry_at = 0.0
         self._outage: tuple[float, int] | None = None  # (since, drops when it began)
-        try:
-            steward_version = version("steward")
-        except PackageNotFoundError:
-            steward_version = "unknown"
+        steward_version = steward.__version__.split(" ")[0]  # "unknown (…)" from a bare tree
         given = dict(settings.resource)
         # Each worker is its own instance: cumulative series from two workers never mix.
         resource = {"service.version": steward_version, "service.instance.id": str(uuid.uuid4()),

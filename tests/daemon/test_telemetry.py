@@ -25,6 +25,7 @@ import httpx
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+import steward
 from steward.config import TelemetryConfig, effective_dict, load_config
 from steward.daemon.telemetry import Telemetry, resolve
 from steward.errors import ConfigError
@@ -117,7 +118,7 @@ def otel(upstream: FakeUpstream, collector: OTLPCollector,
     home = tmp_path_factory.mktemp("otel-home")
     key = init_home(home)
     cli("telemetry", "set", "--header", "Authorization", home=home, input=OTLP_TOKEN + "\n")
-    env = {**provider_env(upstream.url), **FAST, "STEWARD_ASYNCIO_DEBUG": "1",
+    env = {**provider_env(upstream.url), **FAST,
            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_SERVICE_NAME": "steward-under-test"}
     daemon = Daemon(home, env=env).start()
     yield daemon, key
@@ -205,6 +206,7 @@ def test_one_span_per_request_with_genai_attributes(
     assert record["id"] == got["steward.request.id"] and record["body_ref"].startswith("file://")
     resource = next(r for r, s in collector.spans() if s.span_id == span.span_id)
     assert resource["service.name"] == "steward-under-test"
+    assert resource["service.version"] == steward.__version__ and resource["service.instance.id"]
     assert collector.exports[-1].headers["Authorization"] == OTLP_TOKEN  # the sealed header
 
 
