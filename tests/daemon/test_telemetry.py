@@ -448,6 +448,23 @@ def test_refused_and_partly_rejected_batches_are_counted_not_retried() -> None:
     assert [e.path for e in receiver.exports].count("/v1/traces") == 2
 
 
+def test_sample_ratio_decides_new_traces_and_the_caller_decides_its_own() -> None:
+    def spans(ratio: float, parent: bytes | None) -> int:
+        settings = resolve(TelemetryConfig(otlp_endpoint="http://127.0.0.1:9",
+                                           sample_ratio=ratio), {})
+        assert settings is not None
+        exporter = Telemetry(settings)
+        record = {"id": "", "endpoint": "chat/completions", "status": 200, "tags": {}}
+        return sum(exporter.encode_span(({**record, "id": str(uuid.uuid4())}, 0.0, None, None,
+                                         parent, None), (None, None)) is not None
+                   for _ in range(400))
+
+    sampled = traceparent()[0].encode()
+    assert spans(0.0, None) == 0 and spans(1.0, None) == 400
+    assert 120 < spans(0.5, None) < 280  # binomial(400, 0.5): outside is ~1e-16
+    assert spans(0.0, sampled) == 400 and spans(1.0, sampled[:-2] + b"00") == 0
+
+
 def test_settings_from_config_and_standard_variables() -> None:
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/",
            "OTEL_EXPORTER_OTLP_HEADERS": "x-team=search,authorization=Bearer%20env",
