@@ -552,7 +552,7 @@ class Telemetry:
                     if encoded is not None:
                         if len(self.spans) == self.spans.maxlen:
                             self.dropped += 1
-                        self.spans.append(encoded)
+                        self.spans.append(_field(2, encoded))  # framed as ScopeSpans.spans
             await asyncio.sleep(0)
         self._report()
 
@@ -660,8 +660,9 @@ class Telemetry:
         return b"".join(parts)
 
     def _frame(self, spans: list[bytes]) -> bytes:
-        """ExportTraceServiceRequest{ResourceSpans{resource, ScopeSpans{scope, spans…}}}."""
-        scope_spans = _field(2, self._scope_field + b"".join(_field(2, s) for s in spans))
+        """ExportTraceServiceRequest{ResourceSpans{resource, ScopeSpans{scope, spans…}}}, from
+        spans each already framed as a ScopeSpans.spans field."""
+        scope_spans = _field(2, self._scope_field + b"".join(spans))
         return _field(1, self._resource + scope_spans)
 
     async def export_spans(self) -> bool:
