@@ -10,6 +10,7 @@ outage and its recovery take a few seconds here instead of the default 30 s of b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -26,11 +27,14 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 import steward
-from steward.config import TelemetryConfig, effective_dict, load_config
-from steward.daemon.telemetry import Telemetry, resolve
+from steward import db
+from steward.config import TelemetryConfig, effective_dict, load_config, set_value
+from steward.daemon.telemetry import Telemetry, resolve, store_headers
 from steward.errors import ConfigError
+from steward.home import DB_FILE
 from steward.providers import FORMATS
 from steward.providers.base import Route
+from steward.secrets import master_key
 from tests.support.daemon import Daemon, cli, init_home, provider_env
 from tests.support.fake_upstream import (
     ANTHROPIC_USAGE,
@@ -390,9 +394,10 @@ def test_collector_outage_drops_the_oldest_counts_them_and_recovers(
             assert _dropped(daemon) == 6
             assert all(r["status"] == 200 for r in daemon.records())
 
-            second.start()
-            cli("telemetry", "set", "--endpoint", second.url, "--header", "x-probe=42",
-                home=home)
+            second.start()  # what `steward telemetry set --endpoint … --header x-probe=42` does
+            set_value(home, "telemetry.otlp_endpoint", second.url)
+            with contextlib.closing(db.connect(home / DB_FILE)) as conn:
+                store_headers(conn, master_key.open_vault(home, conn)[0], {"x-probe": "42"})
             assert daemon.process is not None
             daemon.process.send_signal(signal.SIGHUP)
             wait_for(lambda: "configuration, keys and prices reloaded" in daemon.log(),
