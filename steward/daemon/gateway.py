@@ -252,18 +252,20 @@ class Gateway:
     async def _apply_telemetry(self, config: Config) -> None:
         """[telemetry] (or OTEL_EXPORTER_OTLP_*): spans and GenAI metrics, exported by this
         worker in the background; the proxy only hands each finished record over. A changed
-        endpoint, header or sealed token makes a new exporter; the old one flushes first."""
+        endpoint, header or sealed token makes a new exporter, which takes over at once; the old
+        one then flushes what it holds."""
         settings = await asyncio.to_thread(telemetry.settings_for, config.telemetry, self._db,
                                            self._vault)
-        if self.telemetry is not None and self.telemetry.settings == settings:
+        old = self.telemetry
+        if old is not None and old.settings == settings:
             return
-        await self._stop_telemetry()
-        if settings is None:
-            return
-        self.telemetry = telemetry.Telemetry(settings, self.metrics)
-        self.telemetry.start()
+        self.telemetry = None if settings is None else telemetry.Telemetry(settings, self.metrics)
+        if self.telemetry is not None:
+            self.telemetry.start()
         if self.proxy is not None:
             self.proxy.telemetry = self.telemetry
+        if old is not None:
+            await old.stop()
 
     async def _stop_telemetry(self) -> None:
         if self.telemetry is None:
