@@ -24,24 +24,29 @@ import tempfile
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import parse_qsl, urlencode
 
 from steward.bodies.stores import BodyStore
 from steward.config import min_free_bytes
 from steward.errors import StewardError
 from steward.files import write_atomic
+from steward.providers import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS
+from steward.providers.base import rewrite_query
 from steward.wakeup import sleep_or_wake
 
 log = logging.getLogger("steward.bodies")
 
 SCHEMA_VERSION = 1
 REDACTED = "[REDACTED]"
-SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "x-goog-api-key",
-                  "cookie", "set-cookie", "x-majordomo-key"}
+# What a body document repeats from the metadata record.
+BODY_META = ("id", "ts", "api_key_id", "provider", "endpoint", "model", "response_model",
+             "method", "path", "stream", "status")
+# Headers never stored: every format's credential headers (CREDENTIAL_HEADERS, kept up to date
+# as formats register), the gateway key, and the usual secrets of any HTTP exchange.
+SECRET_HEADERS = {"proxy-authorization", "cookie", "set-cookie", "x-majordomo-key"}
 PENDING_DIR = "pending-bodies"
 BODIES_STATUS = "bodies-status.json"  # written by the gateway for `steward bucket status`
 PENDING_SUFFIX = ".json.gz"
@@ -160,6 +165,17 @@ class Capture:
     spill: Spill | None = None  # the rest
     held: int = 0  # bytes in response_chunks added by add()
 
+    def finish(self, record: Mapping[str, Any], status: int | None,
+               headers: list[tuple[bytes, bytes]], error_body: bytes | None) -> None:
+        """The response as the caller got it (None: it got none), and the record's facts the
+        document repeats. An error Steward answered replaces any chunks."""
+        self.meta = {k: record[k] for k in BODY_META}
+        self.response_status = status
+        if status is not None:
+            self.response_headers = headers
+        if error_body is not None:
+            self.response_chunks = [error_body]
+
     def add(self, chunk: bytes) -> None:
         """A response chunk as it passes: in memory up to SPILL_AT, then to the spill file."""
         if self.spill is None and self.held + len(chunk) <= SPILL_AT:
@@ -199,15 +215,14 @@ def redact_headers(headers: list[tuple[bytes, bytes]]) -> list[list[str]]:
     out = []
     for name, value in headers:
         text = name.decode("latin-1").lower()
-        out.append([text, REDACTED if text in SECRET_HEADERS else value.decode("latin-1")])
+        secret = text in SECRET_HEADERS or name.lower() in CREDENTIAL_HEADERS
+        out.append([text, REDACTED if secret else value.decode("latin-1")])
     return out
 
 
 def redact_query(query: bytes) -> str:
-    if b"key=" not in query:
-        return query.decode("latin-1")
-    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-    return urlencode([(k, REDACTED if k == "key" else v) for k, v in pairs])
+    """The query with every format's credential parameter (Gemini's `key`) redacted."""
+    return rewrite_query(query, CREDENTIAL_PARAMS, REDACTED)[1].decode("latin-1")
 
 
 def _reject_constant(name: str) -> None:
