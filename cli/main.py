@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from steward.cli.telemetry import telemetry_app
 
 import steward
 from steward import db
@@ -60,6 +61,7 @@ bucket_app = typer.Typer(no_args_is_help=True, help="Where request and response 
 app.add_typer(bucket_app, name="bucket")
 bodies_app = typer.Typer(no_args_is_help=True, help="Stored request and response bodies.")
 app.add_typer(bodies_app, name="bodies")
+app.add_typer(telemetry_app, name="telemetry")
 
 
 class KeyStore(enum.StrEnum):

@@ -255,6 +255,29 @@ class PricingConfig:
     refresh_interval: float = field(default=0.0, metadata=DURATION)  # 0: never by itself
 
 
+def _ratio(v: float) -> None:
+    if not 0.0 <= v <= 1.0:
+        raise ValueError("must be between 0 and 1")
+
+
+def _otlp_headers(v: str) -> None:
+    for item in filter(str.strip, v.split(",")):
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ValueError("expected name=value pairs separated by commas, as in "
+                             "OTEL_EXPORTER_OTLP_HEADERS (e.g. x-team=search)")
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """OpenTelemetry export; off without an endpoint (here or OTEL_EXPORTER_OTLP_ENDPOINT)."""
+
+    otlp_endpoint: str = field(default="", metadata={"check": _optional_http_url})
+    # Plain name=value pairs; headers holding tokens are sealed by `steward telemetry set`.
+    otlp_headers: str = field(default="", metadata={"check": _otlp_headers})
+    service_name: str = "steward"
+    sample_ratio: float = field(default=1.0, metadata={"check": _ratio})
+
+
 # The built-in providers: one per built-in wire format, under the format's name.
 DEFAULT_PROVIDERS: dict[str, ProviderConfig] = {
     name: ProviderConfig(name, providers.FORMATS[name].default_base_url)
@@ -267,6 +290,7 @@ _SECTIONS: dict[str, type] = {
     "bodies": BodiesConfig,
     "metadata": MetadataConfig,
     "pricing": PricingConfig,
+    "telemetry": TelemetryConfig,
 }
 
 
@@ -279,6 +303,7 @@ class Config:
     bodies: BodiesConfig = BodiesConfig()
     metadata: MetadataConfig = MetadataConfig()
     pricing: PricingConfig = PricingConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @property
     def path(self) -> Path:
@@ -477,7 +502,7 @@ def write_private(path: Path, text: str) -> None:
     write_atomic(path, text.encode())
 
 
-_SECRET_FIELD = re.compile(r"(token|secret|password|api_key)$")
+_SECRET_FIELD = re.compile(r"(token|secret|password|api_key|headers)$")
 
 
 def effective_dict(config: Config) -> dict[str, Any]:
@@ -572,6 +597,12 @@ DEFAULT_TOML = """\
 [pricing]
 # url = "https://raw.githubusercontent.com/BerriAI/litellm/main/model_prices_and_context_window.json"
 # refresh_interval = "0"       # e.g. "24h" to refresh the price table by itself
+
+[telemetry]
+# otlp_endpoint = ""           # OTLP/HTTP (protobuf), e.g. "http://collector:4318"; "": off
+# otlp_headers = ""            # name=value,…; tokens: `steward telemetry set --header` seals them
+# service_name = "steward"
+# sample_ratio = 1.0           # share of traces exported (metrics count every request)
 
 # Built-in providers; override base_url to use a proxy or a regional endpoint.
 # [providers.openai]

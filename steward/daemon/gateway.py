@@ -21,7 +21,7 @@ from steward.bodies.bucket import bucket_settings
 from steward.bodies.stores import LocalStore, open_store
 from steward.bodies.writer import PENDING_DIR, BodyWriter
 from steward.config import Config, load_config
-from steward.daemon import allocator, logs
+from steward.daemon import allocator, logs, telemetry
 from steward.daemon.metrics import Metrics
 from steward.daemon.supervisor import InProcessReporter, Reporter
 from steward.errors import StewardError
@@ -59,6 +59,7 @@ class Gateway:
         self.spool = Spool(config.home / "spool", config.fsync_interval,
                            meta.segment_max_bytes, meta.segment_max_age)
         self.uploader: Uploader | None = None
+        self.telemetry: telemetry.Telemetry | None = None
         self.bodies: BodyWriter | None = None
         self.sessions: dict[str, aiohttp.ClientSession] = {}
         self.proxy: Proxy | None = None
@@ -113,6 +114,7 @@ class Gateway:
             token = await asyncio.to_thread(provider_keys.get_secret, self._db, self._vault,
                                             UPLOAD_TOKEN)
             self._start_uploader(self.config, token)
+        await self._apply_telemetry(self.config)
         # Everything loaded so far (frameworks, SDKs, the price table) lives as long as the
         # process: out of the collector's reach, a full collection scans only what requests
         # made, instead of pausing the loop for tens of ms to walk it all again.
@@ -134,6 +136,7 @@ class Gateway:
             with suppress(asyncio.CancelledError):
                 await task
         await asyncio.gather(*(s.close() for s in self.sessions.values()))
+        await self._stop_telemetry()
         if self.bodies is not None:
             await self.bodies.stop()
             await asyncio.to_thread(self.bodies.write_status, self.config.home)  # the final word
@@ -247,6 +250,32 @@ class Gateway:
         self._tasks.remove(self._upload_task)
         self.uploader = None
 
+    async def _apply_telemetry(self, config: Config) -> None:
+        """[telemetry] (or OTEL_EXPORTER_OTLP_*): spans and GenAI metrics, exported by this
+        worker in the background; the proxy only hands each finished record over. A changed
+        endpoint, header or sealed token makes a new exporter, which takes over at once; the old
+        one then flushes what it holds."""
+        settings = await asyncio.to_thread(telemetry.settings_for, config.telemetry, self._db,
+                                           self._vault)
+        old = self.telemetry
+        if old is not None and old.settings == settings:
+            return
+        self.telemetry = None if settings is None else telemetry.Telemetry(settings, self.metrics)
+        if self.telemetry is not None:
+            self.telemetry.start()
+        if self.proxy is not None:
+            self.proxy.telemetry = self.telemetry
+        if old is not None:
+            await old.stop()
+
+    async def _stop_telemetry(self) -> None:
+        if self.telemetry is None:
+            return
+        if self.proxy is not None:
+            self.proxy.telemetry = None
+        old, self.telemetry = self.telemetry, None
+        await old.stop()
+
     async def _report(self) -> None:
         """Every interval, from this event loop: "still answering", with this worker's figures
         (systemd's watchdog depends on it); shared metric gauges every few seconds."""
@@ -285,6 +314,10 @@ class Gateway:
                 token = await asyncio.to_thread(provider_keys.get_secret, self._db,
                                                 self._vault, UPLOAD_TOKEN)
                 self._start_uploader(new, token)
+        try:
+            await self._apply_telemetry(new)
+        except StewardError as exc:
+            log.error("[telemetry] not reloaded, keeping the running exporter: %s", exc)
         logs.access_lines(new.server.access_log)  # applies at once; the rest of [server]
         restart_only = {"server": dataclasses.replace(new.server,  # needs a restart
                                                       access_log=old.server.access_log),

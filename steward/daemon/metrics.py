@@ -65,6 +65,15 @@ class Metrics:
         self.unreadable = Counter("steward_usage_unreadable",
                                   "Responses whose usage could not be read, by provider",
                                   ["provider"], registry=r)
+        # OpenTelemetry export (steward/daemon/telemetry.py): what reached the collector, what not.
+        self.telemetry_exported = Counter("steward_telemetry_spans_exported",
+                                          "Spans the OTLP collector accepted", registry=r)
+        self.telemetry_dropped = Counter("steward_telemetry_spans_dropped",
+                                         "Spans not exported: the queue was full (collector down "
+                                         "or slow) or the collector refused them", registry=r)
+        self.telemetry_failures = Counter("steward_telemetry_export_failures",
+                                          "Failed OTLP export attempts by signal", ["signal"],
+                                          registry=r)
         self.read_gauges = gauges
         self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
         self._shared_gauges: dict[str, Gauge] = {}

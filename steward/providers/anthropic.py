@@ -79,6 +79,10 @@ def _read_message(message: dict[str, Any], raw: dict[str, int], reading: Reading
     tier = dig(message, "usage", "service_tier")
     if isinstance(tier, str):
         reading.service_tier = tier
+    if isinstance(message.get("id"), str):
+        reading.response_id = message["id"]
+    if isinstance(message.get("stop_reason"), str):
+        reading.finish_reasons = (message["stop_reason"],)
 
 
 class _MessagesStream:
@@ -93,7 +97,11 @@ class _MessagesStream:
             if isinstance(message, dict):
                 _read_message(message, self._raw, reading)
         elif event == b"message_delta":
-            collect(self._raw, dig(loads(data), "usage"))
+            delta = loads(data)
+            collect(self._raw, dig(delta, "usage"))
+            reason = dig(delta, "delta", "stop_reason")
+            if isinstance(reason, str):
+                reading.finish_reasons = (reason,)
         elif event == b"error":
             reading.error = stream_error(dig(loads(data), "error", "message"))
 

@@ -56,6 +56,14 @@ def _read_element(obj: Any, reading: Reading) -> None:
         reading.usage = read_usage_metadata(obj["usageMetadata"])
     if isinstance(obj.get("modelVersion"), str):
         reading.response_model = obj["modelVersion"]
+    if isinstance(obj.get("responseId"), str):
+        reading.response_id = obj["responseId"]
+    candidates = obj.get("candidates")
+    if isinstance(candidates, list):
+        reasons = tuple(c["finishReason"] for c in candidates
+                        if isinstance(c, dict) and isinstance(c.get("finishReason"), str))
+        if reasons:
+            reading.finish_reasons = reasons
     if isinstance(dig(obj, "error"), dict):
         reading.error = stream_error(dig(obj, "error", "message"))
 

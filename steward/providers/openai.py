@@ -8,6 +8,7 @@ base URL's own prefix.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from steward.providers.base import (
@@ -89,6 +90,30 @@ def _read_response(obj: dict[str, Any], reading: Reading) -> None:
         reading.response_model = obj["model"]
     if isinstance(obj.get("service_tier"), str):
         reading.service_tier = obj["service_tier"]
+    if isinstance(obj.get("id"), str):
+        reading.response_id = obj["id"]
+    reasons = _finish_reasons(obj)
+    if reasons:
+        reading.finish_reasons = reasons
+
+
+def _finish_reasons(obj: dict[str, Any]) -> tuple[str, ...]:
+    """Chat: each choice's finish_reason. Responses: why it is incomplete, else its status."""
+    choices = obj.get("choices")
+    if isinstance(choices, list):
+        return tuple(c["finish_reason"] for c in choices
+                     if isinstance(c, dict) and isinstance(c.get("finish_reason"), str))
+    if obj.get("object") != "response":
+        return ()
+    reason = dig(obj, "incomplete_details", "reason")
+    status = obj.get("status")
+    if isinstance(reason, str):
+        return (reason,)
+    return (status,) if isinstance(status, str) and status != "in_progress" else ()
+
+
+# A chunk whose choice has finished; every other chunk says "finish_reason": null.
+_FINISHED = re.compile(rb'"finish_reason"\s*:\s*"([^"\\]{1,64})"')
 
 
 class _ChatStream:
@@ -108,8 +133,12 @@ class _ChatStream:
                 _read_response(obj, reading)
                 if obj.get("usage"):
                     self._last_usage = data
-        elif b'"usage"' in data:
-            self._last_usage = data  # decoded once, at the end
+        else:
+            if b'"usage"' in data:
+                self._last_usage = data  # decoded once, at the end
+            if b'"finish_reason":"' in data or b'"finish_reason": "' in data:
+                reading.finish_reasons += tuple(r.decode("utf-8", "replace")
+                                                for r in _FINISHED.findall(data))
         if b'"error"' in data and data.startswith(b'{"error"'):
             obj = loads(data)
             reading.error = stream_error(dig(obj, "error", "message"))
@@ -119,9 +148,10 @@ class _ChatStream:
             return
         obj = loads(self._last_usage)
         if isinstance(obj, dict) and obj.get("usage"):
-            model = reading.response_model
+            model, reasons = reading.response_model, reading.finish_reasons
             _read_response(obj, reading)
             reading.response_model = reading.response_model or model
+            reading.finish_reasons = reasons or reading.finish_reasons
 
 
 _FINAL_EVENTS = {b"response.completed", b"response.incomplete", b"response.failed"}

@@ -41,12 +41,16 @@ class Usage:
 
 @dataclass
 class Reading:
-    """What one response told us: usage, the model that answered, and any error it reported."""
+    """What one response told us: usage, the model that answered, and any error it reported.
+
+    response_id and finish_reasons are for telemetry spans only, not the metadata record."""
 
     usage: Usage = field(default_factory=Usage)
     response_model: str | None = None
     service_tier: str | None = None
     error: str | None = None
+    response_id: str | None = None
+    finish_reasons: tuple[str, ...] = ()
 
 
 def as_int(value: Any) -> int | None:

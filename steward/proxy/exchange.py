@@ -22,6 +22,7 @@ class Exchange:
     path: str
     query: bytes
     raw_path: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # as the caller sent them
     id: str = field(default_factory=lambda: str(uuid7()))
     started_at: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from yarl import URL
@@ -45,6 +45,9 @@ from steward.records.spool import Spool
 from steward.secrets.gateway_keys import KeyIndex
 from steward.secrets.provider_keys import CredentialIndex
 
+if TYPE_CHECKING:
+    from steward.daemon.telemetry import Telemetry
+
 log = logging.getLogger("steward.proxy")
 access_log = logging.getLogger("steward.access")
 ACCESS_FIELDS = ("id", "api_key_id", "provider", "model", "response_model", "status",
@@ -69,6 +72,7 @@ class Proxy:
         self.keys = keys
         self.credentials = credentials
         self.spool = spool
+        self.telemetry: Telemetry | None = None  # set by the gateway when [telemetry] is on
         self.served = 0
         self.buffered_bytes = 0  # request bodies held right now, all requests together
         self.draining = 0.0  # on SIGTERM, server.drain_timeout: a cut from now on is the drain's
@@ -96,7 +100,7 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(method=scope["method"], path=scope["path"], query=scope["query_string"],
-                      raw_path=scope["raw_path"])
+                      raw_path=scope["raw_path"], headers=scope["headers"])
         try:
             try:
                 await self._stages(ex, scope, receive, send)
@@ -465,6 +469,8 @@ class Proxy:
                               ex.error_body)
         await self.spool.append(record)
         self.metrics.observe(record)
+        if self.telemetry is not None:
+            self.telemetry.submit(ex, record)  # one append; spans are built in the background
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("%s %s %s %s", record["status"], record["provider"],
                             record["model"], record["path"],

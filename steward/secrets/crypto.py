@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from steward.errors import StewardError
 
-PURPOSES = ("provider-keys", "bucket-credentials", "upload-token")
+PURPOSES = ("provider-keys", "bucket-credentials", "upload-token", "telemetry-headers")
 _CHECK = "key-check"
 NONCE_BYTES = 12
 
