@@ -15,8 +15,9 @@ import httpx
 import openai
 import pytest
 
+from steward.bodies.document import build_document
 from steward.bodies.stores import LocalStore
-from steward.bodies.writer import BodyWriter, Capture, build_document
+from steward.bodies.writer import BodyWriter, Capture
 from tests.support.daemon import Daemon, cli, free_port, provider_env
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.storage_servers import MotoS3, gcs_client, gcs_server
