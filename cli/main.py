@@ -550,8 +550,8 @@ def pricing_unset(model: Annotated[str, typer.Argument(help="Model name")],
 
 @pricing_app.command("show")
 def pricing_show(model: Annotated[str | None, typer.Argument(help="One model")] = None,
-                 provider: Annotated[str | None, typer.Option(help="openai, anthropic or "
-                                                              "gemini")] = None,
+                 provider: Annotated[str | None, typer.Option(help="A wire format's name, e.g. "
+                                                              "openai")] = None,
                  home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Prices per million tokens, and where each came from (bundled, updated, override)."""
     from decimal import Decimal

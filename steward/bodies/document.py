@@ -12,9 +12,10 @@ import json
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode
 
 from steward.errors import StewardError
+from steward.providers import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS
+from steward.providers.base import rewrite_query
 from steward.providers.encoding import decompressor, inflate
 
 if TYPE_CHECKING:
@@ -22,8 +23,12 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 REDACTED = "[REDACTED]"
-SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "x-goog-api-key",
-                  "cookie", "set-cookie", "x-majordomo-key"}
+# What a body document repeats from the metadata record.
+BODY_META = ("id", "ts", "api_key_id", "provider", "endpoint", "model", "response_model",
+             "method", "path", "stream", "status")
+# Headers never stored: every format's credential headers (CREDENTIAL_HEADERS, kept up to date
+# as formats register), the gateway key, and the usual secrets of any HTTP exchange.
+SECRET_HEADERS = {"proxy-authorization", "cookie", "set-cookie", "x-majordomo-key"}
 # A compressed response is stored decompressed up to this size (what a Capture holds in memory,
 # writer.SPILL_AT), else as it came: a bomb's build (which may run beside a large one) never
 # inflates more.
@@ -34,15 +39,14 @@ def redact_headers(headers: list[tuple[bytes, bytes]]) -> list[list[str]]:
     out = []
     for name, value in headers:
         text = name.decode("latin-1").lower()
-        out.append([text, REDACTED if text in SECRET_HEADERS else value.decode("latin-1")])
+        secret = text in SECRET_HEADERS or name.lower() in CREDENTIAL_HEADERS
+        out.append([text, REDACTED if secret else value.decode("latin-1")])
     return out
 
 
 def redact_query(query: bytes) -> str:
-    if b"key=" not in query:
-        return query.decode("latin-1")
-    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-    return urlencode([(k, REDACTED if k == "key" else v) for k, v in pairs])
+    """The query with every format's credential parameter (Gemini's `key`) redacted."""
+    return rewrite_query(query, CREDENTIAL_PARAMS, REDACTED)[1].decode("latin-1")
 
 
 def _reject_constant(name: str) -> None:

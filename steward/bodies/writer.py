@@ -21,12 +21,12 @@ import random
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from steward.bodies.document import build_document, open_document
+from steward.bodies.document import BODY_META, build_document, open_document
 from steward.bodies.stores import BodyStore
 from steward.config import Config, min_free_bytes
 from steward.errors import StewardError
@@ -148,6 +148,17 @@ class Capture:
     response_chunks: list[bytes] = field(default_factory=list)  # the first SPILL_AT bytes
     spill: Spill | None = None  # the rest
     held: int = 0  # bytes in response_chunks added by add()
+
+    def finish(self, record: Mapping[str, Any], status: int | None,
+               headers: list[tuple[bytes, bytes]], error_body: bytes | None) -> None:
+        """The response as the caller got it (None: it got none), and the record's facts the
+        document repeats. An error Steward answered replaces any chunks."""
+        self.meta = {k: record[k] for k in BODY_META}
+        self.response_status = status
+        if status is not None:
+            self.response_headers = headers
+        if error_body is not None:
+            self.response_chunks = [error_body]
 
     def add(self, chunk: bytes) -> None:
         """A response chunk as it passes: in memory up to SPILL_AT, then to the spill file."""

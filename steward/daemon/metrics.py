@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,6 +23,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from steward.records.record import Record
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -90,7 +91,7 @@ class Metrics:
         if self.multiprocess:
             multiprocess.mark_process_dead(os.getpid())
 
-    def observe(self, record: dict[str, Any]) -> None:
+    def observe(self, record: Record) -> None:
         provider = record.get("provider") or "none"
         self.requests.labels(provider, record.get("endpoint") or "none",
                              str(record.get("status"))).inc()

@@ -20,7 +20,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -31,6 +31,7 @@ from steward.errors import NotFoundError, StewardError
 from steward.files import write_private
 from steward.home import Home
 from steward.pricing import table as price_table
+from steward.records.record import Cost
 
 log = logging.getLogger("steward.pricing")
 
@@ -89,9 +90,9 @@ class Pricer:
                 return Match(name, self.models[name], self.origin)
         return None
 
-    def cost(self, record: dict[str, Any]) -> dict[str, Any]:
+    def cost(self, record: Mapping[str, Any]) -> Cost:
         """The cost fields of a metadata record."""
-        out: dict[str, Any] = {"cost": None, "input_cost": None, "output_cost": None,
+        out: Cost = {"cost": None, "input_cost": None, "output_cost": None,
                                "pricing_status": None, "pricing_model": None,
                                "pricing_version": self.version}
         if record.get("input_tokens") is None:

@@ -11,11 +11,10 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from steward import providers
 from steward.errors import StewardError
 
 BUNDLED = Path(__file__).parent / "data" / "prices.json"
-PROVIDERS = {"openai": "openai", "text-completion-openai": "openai", "anthropic": "anthropic",
-             "gemini": "gemini"}
 PRICE_FIELD = re.compile(
     r"^(input_cost_per_token|output_cost_per_token|cache_read_input_token_cost"
     r"|cache_creation_input_token_cost|cache_creation_input_token_cost_above_1hr"
@@ -32,10 +31,12 @@ def reduce(raw: Any, source: str, fetched: str | None = None) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise PriceTableError("not a price table: expected a JSON object of models")
     models: dict[str, dict[str, Any]] = {}
+    owners = {litellm: fmt.name for fmt in providers.FORMATS.values()
+              for litellm in fmt.price_providers}  # LiteLLM's provider -> our format
     for name, entry in raw.items():
-        if not isinstance(entry, dict) or entry.get("litellm_provider") not in PROVIDERS:
+        if not isinstance(entry, dict) or entry.get("litellm_provider") not in owners:
             continue
-        prices: dict[str, Any] = {"provider": PROVIDERS[entry["litellm_provider"]],
+        prices: dict[str, Any] = {"provider": owners[entry["litellm_provider"]],
                                   "mode": entry.get("mode")}
         for key, value in entry.items():
             if not PRICE_FIELD.match(key):

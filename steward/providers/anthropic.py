@@ -104,6 +104,10 @@ class _MessagesStream:
 class AnthropicFormat(WireFormat):
     name = "anthropic"
     credential_headers = (b"x-api-key", b"authorization")
+    default_base_url = "https://api.anthropic.com"
+    paths_help = "Anthropic: /v1/messages"
+    detection_rank = 20
+    price_providers = ("anthropic",)
 
     def owns(self, path: str) -> bool:
         # /v1/models and /v1/files are OpenAI's unless X-Majordomo-Provider says anthropic.

@@ -107,6 +107,11 @@ class _ArrayMeter(_LastUsage):
 class GeminiFormat(WireFormat):
     name = "gemini"
     credential_headers = (b"x-goog-api-key",)
+    credential_param = "key"
+    default_base_url = "https://generativelanguage.googleapis.com"
+    paths_help = "Gemini: /v1beta/models/{model}:{method}"
+    detection_rank = 10  # /v1/models/{model}:{method} would otherwise look like OpenAI's
+    price_providers = ("gemini",)
 
     def owns(self, path: str) -> bool:
         if path.startswith(("/v1beta/", "/v1alpha/", "/upload/")):
@@ -138,6 +143,11 @@ class GeminiFormat(WireFormat):
 
     def read_json(self, obj: Any, reading: Reading) -> None:
         _read_element(obj, reading)
+
+    def is_stream(self, route: Route, content_type: str) -> bool:
+        # Without ?alt=sse a stream is one JSON array sent element by element.
+        return route.endpoint == "streamGenerateContent" or super().is_stream(route,
+                                                                              content_type)
 
     def stream_reader(self, route: Route) -> _SSEStream:
         return _SSEStream()

@@ -11,8 +11,10 @@ Conventions (so every record means the same thing whatever the provider):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from steward.records.record import Tokens
 
 
 @dataclass
@@ -26,8 +28,15 @@ class Usage:
     reasoning_tokens: int | None = None
     tool_use_prompt_tokens: int | None = None
 
-    def as_dict(self) -> dict[str, int | None]:
-        return asdict(self)
+    def as_dict(self) -> Tokens:
+        """The record's token fields (a plain dict built by hand: asdict deep-copies)."""
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "cache_read_tokens": self.cache_read_tokens,
+                "cache_write_tokens": self.cache_write_tokens,
+                "cache_write_5m_tokens": self.cache_write_5m_tokens,
+                "cache_write_1h_tokens": self.cache_write_1h_tokens,
+                "reasoning_tokens": self.reasoning_tokens,
+                "tool_use_prompt_tokens": self.tool_use_prompt_tokens}
 
 
 @dataclass

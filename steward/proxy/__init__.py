@@ -1,1 +1,1 @@
-"""The hot path: one request from the caller, through the stages in pipeline.py, to the provider and back."""
+"""The hot path: a request through the stages in pipeline.py, to the provider and back."""

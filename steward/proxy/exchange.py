@@ -1,22 +1,19 @@
-"""One object per proxied exchange, carried through auth -> route -> forward -> account."""
+"""One object per proxied exchange, carried through the pipeline's stages (see pipeline.py)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from steward.bodies.writer import Capture
 from steward.ids import uuid7
+from steward.pricing.pricer import Pricer
 from steward.providers import Meter, Route
 from steward.providers.usage import Reading
 from steward.proxy.routing import Upstream
+from steward.records.record import Record, rfc3339
 from steward.secrets.gateway_keys import GatewayKey
-
-
-def rfc3339(ts: float) -> str:
-    """UTC with milliseconds: sortable, and readable by any tool."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
 @dataclass(slots=True)
@@ -46,17 +43,22 @@ class Exchange:
     body_ref: str | None = None
     body_error: str | None = None  # why no body was kept (bodies.min_free)
     client_gone: bool = False
-    responded: bool = False  # response headers sent: errors can no longer change the status
-    recorded: bool = False
+    responded: bool = False  # response headers sent (or Steward's error answer decided)
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    error_body: bytes | None = None  # Steward's own error answer, in the provider's shape
+    # The last messages of the response, sent once the record is written; empty: none (the
+    # connection is cut, as the upstream's was, or the caller is gone).
+    ending: list[dict[str, Any]] = field(default_factory=list)
 
     def elapsed_ms(self, at: float | None) -> float | None:
         return None if at is None else round((at - self.t0) * 1000, 3)
 
-    def record(self) -> dict[str, Any]:
-        """The metadata record: counts, timings and tags; never prompt or completion text."""
+    def record(self, pricer: Pricer) -> Record:
+        """The metadata record: counts, timings, tags and cost; never prompt or completion
+        text. Fields and their meaning: records.record.Record."""
         reading = self.reading or Reading()
         finished = self.finished_at or time.perf_counter()
-        return {
+        record = {
             "id": self.id,
             "ts": rfc3339(self.started_at),
             "api_key_id": self.key.id if self.key else None,
@@ -80,3 +82,5 @@ class Exchange:
             "body_ref": self.body_ref,
             "body_error": self.body_error,
         }
+        record.update(pricer.cost(record))
+        return cast(Record, record)

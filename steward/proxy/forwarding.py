@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote_plus, urlencode
+from urllib.parse import unquote_plus
 
 from steward.errors import GatewayError
+from steward.providers import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS
+from steward.providers.base import rewrite_query
 from steward.secrets.gateway_keys import KEY_PREFIX
 
 HOP_BY_HOP = frozenset({
@@ -20,8 +22,6 @@ HOP_BY_HOP = frozenset({
 })
 MAJORDOMO = b"x-majordomo-"
 GATEWAY_KEY = KEY_PREFIX.encode()
-# Where an SDK configured with api_key=<gateway key> puts it, whatever the format.
-SDK_CREDENTIALS = (b"authorization", b"x-api-key", b"x-goog-api-key")
 DECODABLE = {"gzip", "deflate", "identity"}
 
 # "..", encoded ".", "/", "\\" or NUL, and raw control characters.
@@ -102,13 +102,16 @@ def find_gateway_key(raw: list[tuple[bytes, bytes]], query: bytes) -> str | None
     for name, value in raw:
         if name == b"x-majordomo-key":
             return value.decode("latin-1").strip()
-        if found is None and name in SDK_CREDENTIALS and GATEWAY_KEY in value:
+        # An SDK configured with api_key=<gateway key> puts it in its format's credential
+        # header, or (Gemini) in a credential query parameter.
+        if found is None and name in CREDENTIAL_HEADERS and GATEWAY_KEY in value:
             token = value.strip()
             token = token[7:].strip() if token[:7].lower() == b"bearer " else token
             if token.startswith(GATEWAY_KEY):
                 found = token.decode("latin-1")
-    if found is None and b"key=" in query:
-        found = next((k for k in split_query_key(query)[0] if k.startswith(KEY_PREFIX)), None)
+    if found is None and query:
+        values = rewrite_query(query, CREDENTIAL_PARAMS, None)[0]
+        found = next((k for k in values if k.startswith(KEY_PREFIX)), None)
     return found
 
 
@@ -120,13 +123,6 @@ def strip_gateway_keys(query: bytes) -> bytes:
     kept = [pair for pair in query.split(b"&")
             if KEY_PREFIX not in unquote_plus(pair.decode("latin-1"), encoding="latin-1")]
     return b"&".join(kept)
-
-
-def split_query_key(query: bytes) -> tuple[list[str], bytes]:
-    """Gemini's ?key= values, and the query without them."""
-    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-    keys = [v for k, v in pairs if k == "key"]
-    return keys, urlencode([(k, v) for k, v in pairs if k != "key"]).encode()
 
 
 def raw_upstream_path(raw_path: bytes, path: str, upstream_path: str) -> str:

@@ -1,8 +1,13 @@
-"""The request hot path, as a raw ASGI handler: auth -> route -> forward -> account.
+"""The request hot path, as a raw ASGI handler: one Exchange through named stages, in order.
+
+    auth -> route -> credentials -> body -> forward -> relay -> account -> hand-off
 
 Per request: one hash and dict lookup for the key, one upstream call over a pooled connection,
-chunk-by-chunk relay, usage read from the bytes as they pass, and one spool write. No database,
-no re-serialised bodies, nothing blocking in the event loop.
+chunk-by-chunk relay, usage read from the bytes as they pass, one spool write and one hand-off
+of the bodies to the background writer. No database, no re-serialised bodies, nothing blocking
+in the event loop. The record is written in one place (`account`), once, on every path, before
+the caller sees the end of the response: what a stage decides to send last waits in
+`Exchange.ending` until the record is down.
 """
 
 from __future__ import annotations
@@ -22,21 +27,22 @@ from steward.config import LimitsConfig
 from steward.daemon.metrics import Metrics
 from steward.errors import GatewayError
 from steward.pricing.pricer import Pricer
-from steward.providers.base import DecodingMeter, Meter, WireFormat
+from steward.providers.base import DecodingMeter, Meter
 from steward.proxy.access import Refusals, authorize
+from steward.proxy.credentials import upstream_credential
 from steward.proxy.exchange import Exchange
 from steward.proxy.forwarding import (
     HOP_BY_HOP,
     UNSAFE_PATH,
     find_gateway_key,
     split_headers,
-    split_query_key,
     strip_gateway_keys,
     upstream_url,
 )
+from steward.proxy.limiter import Limiter
 from steward.proxy.routing import Router
 from steward.records.spool import Spool
-from steward.secrets.gateway_keys import GatewayKey, KeyIndex
+from steward.secrets.gateway_keys import KeyIndex
 from steward.secrets.provider_keys import CredentialIndex
 
 log = logging.getLogger("steward.proxy")
@@ -49,8 +55,6 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 REQUEST_ID_HEADER = b"x-majordomo-request-id"
-BODY_META = ("id", "ts", "api_key_id", "provider", "endpoint", "model", "response_model",
-             "method", "path", "stream", "status")
 
 
 class Proxy:
@@ -90,88 +94,77 @@ class Proxy:
                                              limits.max_queued_per_provider)
                                for name in router.upstreams}
 
-    @contextlib.asynccontextmanager
-    async def _slot(self, provider: str, ex: Exchange) -> AsyncIterator[None]:
-        """A place among the provider's (and, if capped, the key's) concurrent requests."""
-        per_key = self.limits.max_concurrent_per_key
-        key_slot = None
-        if per_key and ex.key is not None:
-            key_slot = self.key_slots.setdefault(ex.key.id, Limiter(per_key, 0))
-            await key_slot.acquire(429, f"this gateway key already has {per_key} requests in "
-                                   "flight (limits.max_concurrent_per_key)")
-        try:
-            slot = self.provider_slots[provider]
-            await slot.acquire(503, f"{provider} already has "
-                               f"{self.limits.max_concurrent_per_provider} requests in flight "
-                               "and a full queue; retry shortly")
-            try:
-                yield
-            finally:
-                slot.release()
-        finally:
-            if key_slot is not None:
-                key_slot.release()
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(method=scope["method"], path=scope["path"], query=scope["query_string"],
                       raw_path=scope["raw_path"])
         try:
-            await self._handle(ex, scope, receive, send)
+            try:
+                await self._stages(ex, scope, receive, send)
+            except GatewayError as err:
+                self._answer_error(ex, err)
+            except asyncio.CancelledError:
+                ex.error = ex.error or (
+                    "cut by Steward's shutdown: still running when server.drain_timeout "
+                    f"({self.draining:g}s) ran out" if self.draining
+                    else "cancelled inside Steward")
+                raise
+            except Exception:
+                log.exception("request %s failed inside Steward", ex.id)
+                self._answer_error(ex, GatewayError(
+                    500, f"Steward failed to handle this request (request id {ex.id}); the "
+                    "gateway log has the details"))
+            finally:
+                await self._account(ex)  # the one place a record is written, on every path
+            for message in ex.ending:  # the end of the response, now that the record is down
+                await send(message)
+            if ex.capture is not None and self.bodies is not None:
+                await self.bodies.submit(ex.capture)  # after the caller has its whole answer
         finally:
             self.buffered_bytes -= ex.buffered
 
-    async def _handle(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
-        """auth -> route -> forward -> account, then the bodies to the background writer.
+    async def _stages(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
+        """Authentication comes first: a request without a valid key decides no label and
+        leaves no record. The scope check comes before any stored credential is looked at."""
+        self._auth(ex, scope)
+        headers = self._route(ex, scope)
+        headers = self._credentials(ex, headers)
+        body = await self._read_body(ex, scope, receive)
+        assert ex.route is not None
+        ex.request_model = ex.route.model or _find_model(body)
+        self._capture(ex, scope, body)
+        await self._forward(ex, headers, body, receive, send)  # and relay
 
-        Authentication comes first: a request without a valid key decides no label and leaves
-        no record. The scope check comes before any stored credential is looked at."""
-        fmt = None
-        try:
-            key = self._authenticate(ex, find_gateway_key(scope["headers"], ex.query), scope)
-            self._check_request_shape(scope)
-            split = split_headers(scope["headers"], self.max_tags, self.max_tag_bytes)
-            ex.tags = split.tags
-            ex.query = strip_gateway_keys(ex.query)
-            ex.upstream, ex.route = self.router.resolve(ex.method, ex.path, split.provider)
-            fmt = ex.upstream.fmt
-            authorize(key, ex.upstream.name, ex.route, ex.method, ex.path)
-            headers = split.forward
-            self._inject_credential(ex, headers, self._caller_credential(ex, headers))
-            body = await self._read_body(ex, scope, receive)
-            ex.request_model = ex.route.model or _find_model(body)
-            if self.bodies is not None:
-                ex.body_error = self.bodies.refuse()  # the disk is low: say so, keep serving
-            if self.bodies is not None and ex.body_error is None:
-                stored_as = object_key(key.id, ex.id, ex.started_at)
-                ex.capture = Capture(stored_as, {}, scope["headers"], body,
-                                     scope["query_string"])
-                ex.body_ref = self.bodies.url(stored_as)
-            await self._forward(ex, headers, body, receive, send)
-        except GatewayError as err:
-            await self._fail(ex, fmt, err, send)
-        except Exception:
-            log.exception("request %s failed inside Steward", ex.id)
-            if not ex.responded:
-                err = GatewayError(500, f"Steward failed to handle this request (request id "
-                                   f"{ex.id}); the gateway log has the details")
-                await self._fail(ex, fmt, err, send)
-        finally:
-            await self._account(ex)
-        if ex.capture is not None and self.bodies is not None:
-            await self.bodies.submit(ex.capture)  # after the caller has its whole answer
+    # -- auth ------------------------------------------------------------------------------
 
-    async def _fail(self, ex: Exchange, fmt: WireFormat | None, err: GatewayError,
-                    send: Send) -> None:
-        fmt = fmt or self.router.error_format(ex.method, ex.path)
-        ex.status, ex.error = err.status, err.message
-        body = fmt.error_body(err.status, err.message)
-        if ex.capture is not None:
-            ex.capture.response_status = err.status
-            ex.capture.response_headers = [(b"content-type", b"application/json")]
-            ex.capture.response_chunks = [body]
-        await self._account(ex)
-        ex.responded = True
-        await _send_simple(send, err.status, body, ex.id, err.headers)
+    def _auth(self, ex: Exchange, scope: Scope) -> None:
+        presented = find_gateway_key(scope["headers"], ex.query)
+        if not presented:
+            self._refuse(ex, "missing", scope)
+            raise GatewayError(401, "Missing X-Majordomo-Key header: send your Steward gateway "
+                               "key (create one with `steward keys add NAME`).")
+        ex.key = self.keys.authenticate(presented, time.time())
+        if ex.key is None:
+            self._refuse(ex, "invalid", scope)
+            raise GatewayError(401, "Invalid X-Majordomo-Key: the key is unknown, revoked or "
+                               "expired. Check it, or create one with `steward keys add NAME`.")
+
+    def _refuse(self, ex: Exchange, reason: str, scope: Scope) -> None:
+        client = scope.get("client")
+        self.refusals.refused(reason, ex.method, ex.path, client[0] if client else None)
+
+    # -- route -----------------------------------------------------------------------------
+
+    def _route(self, ex: Exchange, scope: Scope) -> list[tuple[str, str]]:
+        """The request's shape checked, its headers sorted (forwarded, tags, provider), the
+        upstream and route chosen, and the key's scopes checked against the route."""
+        assert ex.key is not None
+        self._check_request_shape(scope)
+        split = split_headers(scope["headers"], self.max_tags, self.max_tag_bytes)
+        ex.tags = split.tags
+        ex.query = strip_gateway_keys(ex.query)
+        ex.upstream, ex.route = self.router.resolve(ex.method, ex.path, split.provider)
+        authorize(ex.key, ex.upstream.name, ex.route, ex.method, ex.path)
+        return split.forward
 
     def _check_request_shape(self, scope: Scope) -> None:
         """URL length (414), header count and size (431), and paths that could mean something
@@ -197,60 +190,18 @@ class Proxy:
             raise GatewayError(400, "the request has both Transfer-Encoding and Content-Length;"
                                " send one of them", headers={"Connection": "close"})
 
-    def _caller_credential(self, ex: Exchange, headers: list[tuple[str, str]]) -> bool:
-        """Whether the caller brought its own provider credential (gateway keys are gone by
-        now from headers and query alike)."""
-        assert ex.upstream is not None
-        names = self._credential_names(ex)
-        if any(name in names for name, _ in headers):
-            return True
-        return ex.upstream.fmt.name == "gemini" and b"key=" in ex.query and bool(
-            split_query_key(ex.query)[0])
+    # -- credentials -----------------------------------------------------------------------
 
-    def _credential_names(self, ex: Exchange) -> set[str]:
-        assert ex.upstream is not None
-        return {n.decode() for n in ex.upstream.fmt.credential_headers}
-
-    def _inject_credential(self, ex: Exchange, headers: list[tuple[str, str]],
-                           caller: bool) -> None:
-        """The stored key for this gateway key (else the provider default), when the caller
-        sent none or the provider does not allow callers' own credentials."""
+    def _credentials(self, ex: Exchange, headers: list[tuple[str, str]]
+                     ) -> list[tuple[str, str]]:
         assert ex.upstream is not None and ex.key is not None
-        upstream = ex.upstream
-        if caller and upstream.allow_caller_credentials:
-            return
-        stored = self.credentials.lookup(upstream.name, ex.key.id, time.time())
-        header = upstream.fmt.credential_headers[0].decode()
-        if stored is None:
-            if caller:
-                raise GatewayError(401, f"{upstream.name} does not accept callers' own "
-                                   "credentials here (allow_caller_credentials = false) and no "
-                                   f"key is stored: run `steward providers set {upstream.name}`")
-            raise GatewayError(401, f"No {upstream.name} API key: send your own in the "
-                               f"{header} header, or have the operator store one with "
-                               f"`steward providers set {upstream.name}`.")
-        if caller:
-            names = self._credential_names(ex)
-            headers[:] = [(n, v) for n, v in headers if n not in names]
-            if upstream.fmt.name == "gemini" and b"key=" in ex.query:
-                ex.query = split_query_key(ex.query)[1]
-        headers.append(upstream.fmt.credential_header(stored))
+        upstream, key_id = ex.upstream, ex.key.id
+        headers, ex.query = upstream_credential(
+            upstream.fmt, upstream.name, upstream.allow_caller_credentials, headers, ex.query,
+            lambda: self.credentials.lookup(upstream.name, key_id, time.time()))
+        return headers
 
-    def _authenticate(self, ex: Exchange, presented: str | None, scope: Scope) -> GatewayKey:
-        if not presented:
-            self._refuse(ex, "missing", scope)
-            raise GatewayError(401, "Missing X-Majordomo-Key header: send your Steward gateway "
-                               "key (create one with `steward keys add NAME`).")
-        ex.key = self.keys.authenticate(presented, time.time())
-        if ex.key is None:
-            self._refuse(ex, "invalid", scope)
-            raise GatewayError(401, "Invalid X-Majordomo-Key: the key is unknown, revoked or "
-                               "expired. Check it, or create one with `steward keys add NAME`.")
-        return ex.key
-
-    def _refuse(self, ex: Exchange, reason: str, scope: Scope) -> None:
-        client = scope.get("client")
-        self.refusals.refused(reason, ex.method, ex.path, client[0] if client else None)
+    # -- body ------------------------------------------------------------------------------
 
     async def _read_body(self, ex: Exchange, scope: Scope, receive: Receive
                          ) -> bytes | bytearray:
@@ -301,8 +252,24 @@ class Proxy:
         self.buffered_bytes += size
         ex.buffered += size
 
+    def _capture(self, ex: Exchange, scope: Scope, body: bytes | bytearray) -> None:
+        """Keep what the body writer needs, unless bodies are off or the disk is low (then
+        the record says why and the request is served all the same)."""
+        if self.bodies is None:
+            return
+        assert ex.key is not None
+        ex.body_error = self.bodies.refuse()
+        if ex.body_error is None:
+            stored_as = object_key(ex.key.id, ex.id, ex.started_at)
+            ex.capture = Capture(stored_as, {}, scope["headers"], body, scope["query_string"])
+            ex.body_ref = self.bodies.url(stored_as)
+
+    # -- forward ---------------------------------------------------------------------------
+
     async def _forward(self, ex: Exchange, headers: list[tuple[str, str]], body: bytes | bytearray,
                        receive: Receive, send: Send) -> None:
+        """One upstream call within the provider's (and key's) concurrency, under one deadline;
+        a caller that goes away cancels it."""
         assert ex.upstream is not None and ex.route is not None
         upstream, route = ex.upstream, ex.route
         target = upstream_url(upstream.base_url, ex.raw_path, ex.path, route.upstream_path,
@@ -334,10 +301,7 @@ class Proxy:
                         raise GatewayError(504, f"{upstream.name} sent no response within "
                                            f"{self.limits.read_timeout:g}s (limits.read_timeout;"
                                            f" {target.split('?')[0]})") from None
-                    if not ex.recorded:
-                        ex.reading = ex.meter.finish() if ex.meter is not None else None
-                        ex.error = self._cut_reason(ex)
-                        await self._account(ex)
+                    self._cut(ex, self._cut_reason(ex))
                 except aiohttp.ClientError as exc:
                     if ex.responded:
                         raise
@@ -347,11 +311,6 @@ class Proxy:
             if ex.meter is not None and ex.reading is None:
                 ex.reading = ex.meter.finish()  # record the usage seen before the cut
             if not ex.client_gone:
-                ex.error = ex.error or (
-                    "cut by Steward's shutdown: still running when server.drain_timeout "
-                    f"({self.draining:g}s) ran out" if self.draining
-                    else "cancelled inside Steward")
-                await self._account(ex)
                 raise
             task.uncancel()
             ex.error = ex.error or "client disconnected"
@@ -361,6 +320,28 @@ class Proxy:
             if response is not None:
                 response.close()
             self._release(session)
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, provider: str, ex: Exchange) -> AsyncIterator[None]:
+        """A place among the provider's (and, if capped, the key's) concurrent requests."""
+        per_key = self.limits.max_concurrent_per_key
+        key_slot = None
+        if per_key and ex.key is not None:
+            key_slot = self.key_slots.setdefault(ex.key.id, Limiter(per_key, 0))
+            await key_slot.acquire(429, f"this gateway key already has {per_key} requests in "
+                                   "flight (limits.max_concurrent_per_key)")
+        try:
+            slot = self.provider_slots[provider]
+            await slot.acquire(503, f"{provider} already has "
+                               f"{self.limits.max_concurrent_per_provider} requests in flight "
+                               "and a full queue; retry shortly")
+            try:
+                yield
+            finally:
+                slot.release()
+        finally:
+            if key_slot is not None:
+                key_slot.release()
 
     def _release(self, session: aiohttp.ClientSession) -> None:
         left = self._in_use[session] - 1
@@ -376,43 +357,39 @@ class Proxy:
         self._closing.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._closing.discard)
 
-    def _cut_reason(self, ex: Exchange) -> str:
-        # Same clock as the deadline that fired: the loop's.
-        if ex.stream_end_at and asyncio.get_running_loop().time() >= ex.stream_end_at - 0.001:
-            return "response exceeded limits.max_stream_duration; cut"
-        return "upstream silent for longer than limits.stream_idle_timeout; cut"
+    # -- relay -----------------------------------------------------------------------------
 
     async def _relay(self, ex: Exchange, response: aiohttp.ClientResponse, send: Send,
                      deadline: asyncio.Timeout) -> None:
+        """The response as it comes, chunk by chunk, read for usage on the way. Its last
+        piece is left in ex.ending, for after the record; a broken upstream leaves none, so
+        the caller's connection is cut as the upstream's was."""
         assert ex.upstream is not None and ex.route is not None
         ex.status = response.status
         content_type = response.headers.get("Content-Type", "")
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        ex.stream = content_type.startswith("text/event-stream") or (
-            ex.route.endpoint == "streamGenerateContent")
+        ex.stream = ex.upstream.fmt.is_stream(ex.route, content_type)
         meter: Meter = ex.upstream.fmt.meter(ex.route, response.status, content_type,
                                              self.limits.max_sse_line_bytes)
         if encoding in ("gzip", "deflate"):
             meter = DecodingMeter(meter, encoding)
         ex.meter = meter
-        out_headers = [(k.lower(), v) for k, v in response.raw_headers
-                       if k.lower() not in HOP_BY_HOP or k.lower() == b"content-length"]
-        out_headers.append((REQUEST_ID_HEADER, ex.id.encode()))
+        ex.response_headers = [(k.lower(), v) for k, v in response.raw_headers
+                               if k.lower() not in HOP_BY_HOP or k.lower() == b"content-length"]
+        ex.response_headers.append((REQUEST_ID_HEADER, ex.id.encode()))
         ex.responded = True
-        capture = ex.capture
-        if capture is not None:
-            capture.response_status = response.status
-            capture.response_headers = out_headers
         await send({"type": "http.response.start", "status": response.status,
-                    "headers": out_headers})
+                    "headers": ex.response_headers})
         remaining = response.content_length if "Transfer-Encoding" not in response.headers \
             else None
         closed = _until_close(response)
+        capture = ex.capture
         loop = asyncio.get_running_loop()
         idle = self.limits.stream_idle_timeout
         end_at = loop.time() + self.limits.max_stream_duration - (time.perf_counter() - ex.t0)
         ex.stream_end_at = end_at
         deadline.reschedule(min(loop.time() + idle, end_at))
+        last = b""
         try:
             async for chunk in response.content.iter_any():
                 deadline.reschedule(min(loop.time() + idle, end_at))
@@ -423,74 +400,75 @@ class Proxy:
                     capture.add(chunk)  # past a size, on to a temporary file
                 if remaining is not None:
                     remaining -= len(chunk)
-                    if remaining <= 0:  # the caller is complete once this chunk lands
-                        ex.reading = meter.finish()
-                        await self._account(ex)
+                    if remaining <= 0:  # this completes the caller's body: it waits for
+                        last += chunk   # the record (the loop still reads to the end, so
+                        continue        # the connection goes back to the pool)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except aiohttp.ClientError as exc:
-            ex.reading = meter.finish()
-            ex.error = f"upstream failed mid-response: {exc.__class__.__name__}"
-            await self._account(ex)
-            return  # returning without finishing makes the server cut the connection
+            self._cut(ex, f"upstream failed mid-response: {exc.__class__.__name__}")
+            return
         broken = closed.exception() if closed is not None and closed.done() else None
         if broken is not None:
             # Only the close ended this body, and it was a reset, not a clean end: the caller
             # must see the same break, as it would calling the provider directly.
-            ex.reading = meter.finish()
             cause = broken.__cause__ or broken
-            ex.error = f"upstream failed mid-response: {cause.__class__.__name__}"
-            await self._account(ex)
+            self._cut(ex, f"upstream failed mid-response: {cause.__class__.__name__}")
             return
-        if not ex.recorded:
-            ex.reading = meter.finish()
-            await self._account(ex)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        ex.reading = meter.finish()
+        ex.ending = [{"type": "http.response.body", "body": last, "more_body": False}]
+
+    def _cut(self, ex: Exchange, why: str) -> None:
+        """The response breaks off here: the usage read so far, and why. No ending is sent."""
+        ex.reading = ex.meter.finish() if ex.meter is not None else None
+        ex.error = why
+
+    def _cut_reason(self, ex: Exchange) -> str:
+        # Same clock as the deadline that fired: the loop's.
+        if ex.stream_end_at and asyncio.get_running_loop().time() >= ex.stream_end_at - 0.001:
+            return "response exceeded limits.max_stream_duration; cut"
+        return "upstream silent for longer than limits.stream_idle_timeout; cut"
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _answer_error(self, ex: Exchange, err: GatewayError) -> None:
+        """The caller's answer for a failure: in the provider's error shape, with the status
+        the record keeps. Once response headers are out there is no answer to give: the
+        record says what broke and the connection is cut."""
+        if ex.responded:
+            ex.error = ex.error or err.message
+            ex.ending = []
+            return
+        fmt = ex.upstream.fmt if ex.upstream else self.router.error_format(ex.method, ex.path)
+        ex.status, ex.error = err.status, err.message
+        body = fmt.error_body(err.status, err.message)
+        ex.responded = True
+        ex.response_headers = [(b"content-type", b"application/json"),
+                               (b"content-length", str(len(body)).encode()),
+                               (REQUEST_ID_HEADER, ex.id.encode())]
+        ex.response_headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+        ex.error_body = body
+        ex.ending = [{"type": "http.response.start", "status": err.status,
+                      "headers": ex.response_headers},
+                     {"type": "http.response.body", "body": body, "more_body": False}]
+
+    # -- account ---------------------------------------------------------------------------
 
     async def _account(self, ex: Exchange) -> None:
-        """Write the record before the caller sees the end of the response."""
-        if ex.recorded:
-            return
-        ex.recorded = True
+        """The record: priced, spooled and counted, before the caller sees the end."""
         if ex.key is None:
             return  # no valid gateway key: counted in steward_auth_refusals_total, no record
         ex.finished_at = time.perf_counter()
         self.served += 1
-        record = ex.record()
-        record.update(self.pricer.cost(record))
+        record = ex.record(self.pricer)
         if ex.capture is not None:
-            ex.capture.meta = {k: record[k] for k in BODY_META}
+            ex.capture.finish(record, ex.status if ex.responded else None, ex.response_headers,
+                              ex.error_body)
         await self.spool.append(record)
         self.metrics.observe(record)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("%s %s %s %s", record["status"], record["provider"],
                             record["model"], record["path"],
                             extra={"access": {k: record.get(k) for k in ACCESS_FIELDS}})
-
-
-class Limiter:
-    """A semaphore with a bounded queue: past it, callers are refused at once."""
-
-    __slots__ = ("max_waiting", "semaphore", "waiting")
-
-    def __init__(self, concurrent: int, queue: int):
-        self.semaphore = asyncio.Semaphore(concurrent)
-        self.max_waiting = queue
-        self.waiting = 0
-
-    async def acquire(self, status: int, message: str) -> None:
-        if self.semaphore.locked():
-            if self.waiting >= self.max_waiting:
-                raise GatewayError(status, message, headers={"Retry-After": "1"})
-            self.waiting += 1
-            try:
-                await self.semaphore.acquire()
-            finally:
-                self.waiting -= 1
-        else:
-            await self.semaphore.acquire()
-
-    def release(self) -> None:
-        self.semaphore.release()
 
 
 def _until_close(response: aiohttp.ClientResponse) -> asyncio.Future[None] | None:
@@ -510,7 +488,7 @@ def _on_disconnect(watcher: asyncio.Future[dict[str, Any]], ex: Exchange,
                    task: asyncio.Task[Any]) -> None:
     if watcher.cancelled() or watcher.exception() is not None:
         return
-    if watcher.result().get("type") == "http.disconnect" and not ex.recorded:
+    if watcher.result().get("type") == "http.disconnect" and not ex.ending:
         ex.client_gone = True
         task.cancel()
 
@@ -566,13 +544,3 @@ def _find_model(body: bytes | bytearray) -> str | None:
             except UnicodeDecodeError:
                 return None
         return None
-
-
-async def _send_simple(send: Send, status: int, body: bytes, request_id: str,
-                       extra: dict[str, str]) -> None:
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode()),
-               (REQUEST_ID_HEADER, request_id.encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

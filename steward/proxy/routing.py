@@ -9,17 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from steward import providers
 from steward.config import ProviderConfig
 from steward.errors import GatewayError
-from steward.providers import FORMATS, Route, WireFormat
-
-# Gemini's `/v1/models/{model}:{method}` must win over OpenAI's `/v1/models/{id}`.
-_DETECTION_ORDER = ("gemini", "anthropic", "openai")
-SUPPORTED_PATHS = (
-    "OpenAI: /v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings, /v1/models, "
-    "/v1/moderations, /v1/audio/*, /v1/images/*; Anthropic: /v1/messages; "
-    "Gemini: /v1beta/models/{model}:{method}"
-)
+from steward.providers import Route, WireFormat
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +24,16 @@ class Upstream:
 
 
 class Router:
-    def __init__(self, providers: Mapping[str, ProviderConfig]):
-        self.upstreams = {
-            name: Upstream(name, FORMATS[p.format], p.base_url.rstrip("/"),
-                           p.allow_caller_credentials)
-            for name, p in providers.items()
-        }
-        self._detect = [FORMATS[name] for name in _DETECTION_ORDER if name in FORMATS]
-        self._detect += [f for f in FORMATS.values() if f.name not in _DETECTION_ORDER]
+    def __init__(self, configured: Mapping[str, ProviderConfig]):
+        self.upstreams = {}
+        for name, p in configured.items():
+            fmt = providers.find(p.format)
+            if fmt is None:  # config validation names the choices; this is a programming error
+                raise ValueError(f"providers.{name}: unknown format {p.format!r}")
+            self.upstreams[name] = Upstream(name, fmt, p.base_url.rstrip("/"),
+                                            p.allow_caller_credentials)
+        # Path detection: a format's paths lead to the upstream named after it, if configured.
+        self._detect = [f for f in providers.detection_order() if f.name in self.upstreams]
 
     def detect(self, method: str, path: str) -> tuple[Upstream, Route] | None:
         for fmt in self._detect:
@@ -52,7 +47,7 @@ class Router:
         if provider is None:
             if detected is None:
                 raise GatewayError(404, f"Steward does not know the path {path!r}. Supported: "
-                                   f"{SUPPORTED_PATHS}; or name a provider with the "
+                                   f"{providers.paths_help()}; or name a provider with the "
                                    "X-Majordomo-Provider header.")
             return detected
         upstream = self.upstreams.get(provider.strip().lower())
@@ -64,4 +59,4 @@ class Router:
     def error_format(self, method: str, path: str) -> WireFormat:
         """The shape to answer in before (or without) a successful resolve."""
         detected = self.detect(method, path)
-        return detected[0].fmt if detected else FORMATS["openai"]
+        return detected[0].fmt if detected else providers.default_format()

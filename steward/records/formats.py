@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote
@@ -15,6 +15,7 @@ from urllib.parse import unquote
 from steward.config import Config
 from steward.db import legacy_key_uuid
 from steward.home import Home
+from steward.records.record import Record, rfc3339
 from steward.records.upload import Encoder, Uploader
 
 
@@ -22,10 +23,6 @@ def encode_ndjson(lines: bytes) -> tuple[bytes, dict[str, str]]:
     """The spool's own lines, gzipped: records are sent byte for byte as they were written."""
     return gzip.compress(lines, 6), {"Content-Type": "application/x-ndjson",
                                      "Content-Encoding": "gzip"}
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 MAJORDOMO_INGEST_PATH = "/api/v1/steward/ingest/metadata"
@@ -52,7 +49,7 @@ def object_key(body_ref: str | None, local_root: str) -> str | None:
     return unquote(rest.partition("/")[2])
 
 
-def _key_uuid(record: dict[str, Any]) -> str | None:
+def _key_uuid(record: Record) -> str | None:
     """The Majordomo API key id if the gateway key names one, else the key's own UUID.
 
     Records spooled before keys had UUIDs carry only the old id; the UUID the migration gave
@@ -69,7 +66,7 @@ def _cost(value: str | None) -> float:
     return float(Decimal(value)) if value is not None else 0.0
 
 
-def to_butler(record: dict[str, Any], indexed_tags: tuple[str, ...] = (), org_id: str = "",
+def to_butler(record: Record, indexed_tags: tuple[str, ...] = (), org_id: str = "",
               local_root: str = "") -> dict[str, Any]:
     """A record as Majordomo's ingest.MetadataRecord: its field names and Go types.
 
@@ -88,8 +85,8 @@ def to_butler(record: dict[str, Any], indexed_tags: tuple[str, ...] = (), org_id
         "model": record.get("response_model") or record.get("model") or "",
         "request_path": record.get("path") or "",
         "request_method": record.get("method") or "",
-        "requested_at": _rfc3339(requested),
-        "responded_at": _rfc3339(requested + timedelta(milliseconds=latency)),
+        "requested_at": rfc3339(requested.timestamp()),
+        "responded_at": rfc3339(requested.timestamp() + latency / 1000),
         "response_time_ms": round(latency),
         "input_tokens": record.get("input_tokens") or 0,
         "output_tokens": record.get("output_tokens") or 0,

@@ -13,6 +13,7 @@ from typing import Any
 
 from steward.config import parse_duration
 from steward.errors import StewardError
+from steward.records.record import Record
 
 GROUPINGS = ("model", "provider", "key", "tag:NAME")
 
@@ -35,7 +36,7 @@ def parse_since(text: str, now: float | None = None) -> float:
     return moment.timestamp()
 
 
-def record_time(record: dict[str, Any]) -> float:
+def record_time(record: Record) -> float:
     return datetime.fromisoformat(record["ts"].replace("Z", "+00:00")).timestamp()
 
 
@@ -45,7 +46,7 @@ def check_grouping(by: str) -> None:
         raise StewardError(f"--by {by!r}: use one of {', '.join(GROUPINGS)}")
 
 
-def group_of(record: dict[str, Any], by: str, key_names: dict[str, str]) -> str:
+def group_of(record: Record, by: str, key_names: dict[str, str]) -> str:
     if by == "model":
         return record.get("response_model") or record.get("model") or "(none)"
     if by == "provider":
@@ -70,7 +71,7 @@ class Group:
     unpriced: int = 0
     latencies: list[float] = field(default_factory=list)
 
-    def add(self, record: dict[str, Any]) -> None:
+    def add(self, record: Record) -> None:
         self.requests += 1
         for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
             setattr(self, name, getattr(self, name) + (record.get(name) or 0))
@@ -97,7 +98,7 @@ class Group:
                 "p95_latency_ms": self.percentile(95)}
 
 
-def summarize(records: Iterable[dict[str, Any]], by: str, since: float,
+def summarize(records: Iterable[Record], by: str, since: float,
               key_names: dict[str, str]) -> tuple[list[Group], Group]:
     groups: dict[str, Group] = {}
     total = Group("total")

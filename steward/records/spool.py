@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from steward.held import Held
+from steward.records.record import Record
 
 log = logging.getLogger("steward.spool")
 
@@ -98,7 +99,7 @@ class Spool:
         self._size += written
         self._dirty = True
 
-    def write(self, record: dict[str, Any]) -> bool:
+    def write(self, record: Record) -> bool:
         """Append one record as one line with one write(); True when it reached the file.
 
         When it could not, the record waits in memory for run_retry(), in order."""
@@ -172,7 +173,7 @@ class Spool:
                 await asyncio.sleep(0)
             self._recovered()
 
-    async def append(self, record: dict[str, Any]) -> bool:
+    async def append(self, record: Record) -> bool:
         ok = self.write(record)
         if ok and self.fsync_interval == 0:
             try:
@@ -259,9 +260,9 @@ def segments(directory: Path) -> list[Path]:
     return sorted(directory.glob(f"*{SEGMENT_SUFFIX}"))
 
 
-def read_records(directory: Path) -> list[dict[str, Any]]:
+def read_records(directory: Path) -> list[Record]:
     """Every record in every segment, oldest segment first (for `steward usage` and tests)."""
-    records: list[dict[str, Any]] = []
+    records: list[Record] = []
     for path in segments(directory):
         with path.open("rb") as fh:
             for line in fh:
