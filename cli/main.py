@@ -426,7 +426,8 @@ def spool_status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     table = Table("", "", show_header=False, box=None)
     table.add_row("upload to", status["upload_url"] or "nowhere (records stay local)")
     table.add_row("uploader", f"pid {status['uploader_pid']}" if status["uploader_pid"]
-                  else f"none (no running gateway holds {Home(target).uploader_lock})")
+                  else "none (no running gateway holds "
+                  f"{Home(target).uploader_lock.relative_to(target)})")
     table.add_row("pending records", str(status["pending_records"]))
     table.add_row("oldest pending", status["oldest_pending"] or "-")
     table.add_row("last success", _when(status["last_success_at"]))
