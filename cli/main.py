@@ -25,16 +25,17 @@ import steward
 from steward import db
 from steward.bodies.bucket import CREDENTIALS, bucket_settings, probe, store_credentials
 from steward.bodies.stores import LocalStore, open_store
-from steward.bodies.writer import BODIES_STATUS, PENDING_DIR, PENDING_SUFFIX, read_document
+from steward.bodies.writer import disk_status, read_document
 from steward.config import effective_dict, load_config, parse_duration, set_value, with_server
 from steward.daemon.logs import configure as configure_logging
 from steward.errors import StewardError
-from steward.home import DB_FILE, init_home, require_home, resolve_home
+from steward.home import Home, init_home, require_home, resolve_home
 from steward.pricing import pricer as pricing
-from steward.records.formats import UPLOAD_TOKEN, majordomo_ingest_url, make_uploader
+from steward.records.flush import flush
+from steward.records.formats import UPLOAD_TOKEN, majordomo_ingest_url
 from steward.records.report import Group, check_grouping, parse_since, summarize
 from steward.records.spool import read_records
-from steward.records.upload import backlog, lock_is_free
+from steward.records.upload import backlog
 from steward.secrets import gateway_keys, master_key, provider_keys
 from steward.secrets.crypto import Vault
 
@@ -81,7 +82,7 @@ def _home(home: Path | None) -> Path:
 
 
 def _db(home: Path) -> contextlib.closing[sqlite3.Connection]:
-    return contextlib.closing(db.connect(home / DB_FILE))
+    return contextlib.closing(db.connect(Home(home).db))
 
 
 def _vault(home: Path, conn: sqlite3.Connection) -> Vault:
@@ -197,7 +198,7 @@ def config_set(key: Annotated[str, typer.Argument(help="Dotted key, e.g. server.
     """Change one setting in steward.toml after validating it."""
     target = _home(home)
     stored = set_value(target, key, value)
-    out.print(f"{key} = {stored!r}  ({target / 'steward.toml'})", highlight=False)
+    out.print(f"{key} = {stored!r}  ({Home(target).config})", highlight=False)
 
 
 def _parse_tags(tags: list[str]) -> dict[str, str]:
@@ -420,14 +421,15 @@ def spool_status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     target = _home(home)
     config = load_config(target)
     status = {"upload_url": effective_dict(config)["metadata"]["upload_url"] or None,
-              **backlog(target / "spool")}
+              **backlog(Home(target))}
     if as_json:
         print(json.dumps(status, indent=2))
         return
     table = Table("", "", show_header=False, box=None)
     table.add_row("upload to", status["upload_url"] or "nowhere (records stay local)")
     table.add_row("uploader", f"pid {status['uploader_pid']}" if status["uploader_pid"]
-                  else "none (no running gateway holds spool/uploader.lock)")
+                  else "none (no running gateway holds "
+                  f"{Home(target).uploader_lock.relative_to(target)})")
     table.add_row("pending records", str(status["pending_records"]))
     table.add_row("oldest pending", status["oldest_pending"] or "-")
     table.add_row("last success", _when(status["last_success_at"]))
@@ -442,43 +444,7 @@ def spool_status(home: HomeOption = None, as_json: JsonOption = False) -> None:
 def spool_flush(home: HomeOption = None,
                 timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 60.0) -> None:
     """Upload every pending record now and wait until done."""
-    import asyncio
-
-    import httpx
-
-    target = _home(home)
-    config = load_config(target)
-    if not config.metadata.upload_url:
-        raise StewardError("no upload endpoint: set one with `steward upload set URL`")
-    spool_dir = target / "spool"
-    deadline = time.monotonic() + timeout
-    if lock_is_free(spool_dir):  # no gateway is uploading: do it here
-        with _db(target) as conn:
-            token = provider_keys.get_secret(conn, _vault(target, conn), UPLOAD_TOKEN)
-
-        async def drain() -> None:
-            uploader = make_uploader(config, token)
-            try:
-                while time.monotonic() < deadline:
-                    delay = await uploader.step()
-                    if delay is None:
-                        return
-                    if delay > 0:
-                        raise StewardError(f"upload failed: {uploader.status['last_error']}")
-            finally:
-                await uploader.client.aclose()
-
-        asyncio.run(drain())
-    else:  # a running gateway holds the uploader: wake it and watch the backlog drain
-        with contextlib.suppress(httpx.HTTPError):
-            httpx.post(f"http://{config.server.admin_host}:{config.server.admin_port}/flush",
-                       timeout=5)
-        while backlog(spool_dir)["pending_records"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-    left = backlog(spool_dir)
-    if left["pending_records"]:
-        raise StewardError(f"{left['pending_records']} record(s) still pending after "
-                           f"{timeout:g}s; last error: {left['last_error'] or 'none'}")
+    flush(load_config(_home(home)), timeout)
     out.print("All metadata records are uploaded.")
 
 
@@ -495,7 +461,7 @@ def usage(since: Annotated[str, typer.Option(help="24h, 7d, or a date")] = "24h"
         names = {k.id: k.name for k in gateway_keys.list_keys(conn)}
 
     def render() -> tuple[Table, list[Group], Group]:
-        groups, total = summarize(read_records(target / "spool"), by, start, names)
+        groups, total = summarize(read_records(Home(target).spool), by, start, names)
         table = Table(by, "requests", "input", "output", "cache read", "cache write",
                       "cost (USD)", "p50 ms", "p95 ms", title=f"Usage since {since}")
         for g in [*groups, total]:
@@ -532,11 +498,10 @@ def pricing_update(url: Annotated[str | None, typer.Option(help="Fetch from this
                    file: Annotated[Path | None, typer.Option(help="Read a local file.")] = None,
                    home: HomeOption = None) -> None:
     """Replace the active price table (LiteLLM's format); a bad one keeps the last good."""
-    import httpx
-
     target = _home(home)
     if url and file:
         raise StewardError("give --url or --file, not both")
+    raw = None
     if file is not None:
         try:
             raw, source = file.read_bytes(), str(file)
@@ -544,18 +509,8 @@ def pricing_update(url: Annotated[str | None, typer.Option(help="Fetch from this
             raise StewardError(f"--file {file}: {exc.strerror}") from None
     else:
         source = url or load_config(target).pricing.url
-        try:
-            response = httpx.get(source, timeout=60, follow_redirects=True)
-            response.raise_for_status()
-        except httpx.HTTPStatusError as exc:
-            raise StewardError(f"price table not updated: {source} answered "
-                               f"{exc.response.status_code}; keeping the current table") from None
-        except httpx.HTTPError as exc:
-            raise StewardError(f"price table not updated: cannot fetch {source} "
-                               f"({exc.__class__.__name__}); keeping the current table") from None
-        raw = response.content
     try:
-        table = pricing.install_table(target, raw, source)
+        table = pricing.update_table(target, source, raw)
     except StewardError as exc:
         raise StewardError(f"price table not updated: {exc}; keeping the current table"
                            ) from None
@@ -713,16 +668,7 @@ def bucket_test(home: HomeOption = None) -> None:
 @bucket_app.command("status")
 def bucket_status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Bodies waiting on local disk for the bucket, and the gateway's last upload error."""
-    target = _home(home)
-    pending = sorted((target / PENDING_DIR).glob(f"*{PENDING_SUFFIX}"))
-    try:
-        daemon = json.loads((target / BODIES_STATUS).read_text())
-    except (FileNotFoundError, ValueError):
-        daemon = {}
-    status = {"destination": load_config(target).bodies_url(), "pending_on_disk": len(pending),
-              "pending_bytes": sum(p.stat().st_size for p in pending), **{
-                  k: daemon.get(k) for k in ("queued", "uploaded", "failures", "last_error",
-                                             "updated_at")}}
+    status = disk_status(load_config(_home(home)))
     if as_json:
         print(json.dumps(status, indent=2))
         return

@@ -18,9 +18,9 @@ import tomlkit
 
 from steward import providers
 from steward.errors import ConfigError
-from steward.files import write_atomic
+from steward.files import write_private
+from steward.home import Home
 
-CONFIG_FILE = "steward.toml"
 ENV_PREFIX = "STEWARD_"
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
@@ -307,7 +307,7 @@ class Config:
 
     @property
     def path(self) -> Path:
-        return self.home / CONFIG_FILE
+        return Home(self.home).config
 
     @property
     def fsync_interval(self) -> float | None:
@@ -320,7 +320,7 @@ class Config:
         return fsync_interval(self.bodies.fsync)
 
     def bodies_url(self) -> str:
-        return self.bodies.url or (self.home / "bodies").as_uri()
+        return self.bodies.url or Home(self.home).bodies.as_uri()
 
 
 def _coerce(section_cls: type, name: str, raw: Any, where: str) -> Any:
@@ -456,7 +456,7 @@ def read_raw(path: Path) -> dict[str, Any]:
 def load_config(home: Path, env: Mapping[str, str] | None = None) -> Config:
     """The effective configuration: the file, then STEWARD_<SECTION>__<KEY> overrides."""
     env = os.environ if env is None else env
-    path = home / CONFIG_FILE
+    path = Home(home).config
     raw = _merge(read_raw(path), env_overrides(env))
     return build_config(home, raw, str(path))
 
@@ -473,7 +473,7 @@ def _split_key(dotted: str, where: str) -> list[str]:
 
 def set_value(home: Path, dotted: str, text: str) -> Any:
     """Validate and store one dotted key, keeping the file's comments. Returns the stored value."""
-    path = home / CONFIG_FILE
+    path = Home(home).config
     parts = _split_key(dotted, str(path))
     section_cls = ProviderConfig if parts[0] == "providers" else _SECTIONS[parts[0]]
     value = _coerce(section_cls, parts[-1], text, f"{path}: {dotted}")
@@ -495,11 +495,6 @@ def set_value(home: Path, dotted: str, text: str) -> Any:
     build_config(home, candidate, str(path))  # whole-file validation before writing
     write_private(path, tomlkit.dumps(doc))
     return stored if isinstance(value, tuple) else value
-
-
-def write_private(path: Path, text: str) -> None:
-    """Atomic replace with 0600 permissions: a crash never leaves half a config."""
-    write_atomic(path, text.encode())
 
 
 _SECRET_FIELD = re.compile(r"(token|secret|password|api_key|headers)$")

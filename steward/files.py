@@ -42,6 +42,11 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, durable: bool = Tru
         os.close(dir_fd)
 
 
+def write_private(path: Path, text: str) -> None:
+    """Atomic replace with 0600 permissions: a crash never leaves half a config."""
+    write_atomic(path, text.encode())
+
+
 def sync_filesystem(path: Path) -> None:
     """Flush everything written to path's filesystem with one syncfs(2) (Linux); elsewhere,
     sync(2)."""

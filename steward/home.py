@@ -1,4 +1,4 @@
-"""Where Steward keeps its state, and creating it with private permissions."""
+"""Where Steward keeps its state, every path in it, and creating it with private permissions."""
 
 from __future__ import annotations
 
@@ -11,11 +11,85 @@ from pathlib import Path
 import platformdirs
 
 from steward import db
-from steward.config import CONFIG_FILE, DEFAULT_TOML, write_private
 from steward.errors import StewardError
+from steward.files import write_private
 
+CONFIG_FILE = "steward.toml"
 DB_FILE = "steward.db"
-SUBDIRS = ("spool", "bodies")
+
+
+@dataclass(frozen=True)
+class Home:
+    """Every path Steward keeps on disk, each named here once, so no two modules can disagree
+    about where a file lives."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def db(self) -> Path:
+        return self.root / DB_FILE
+
+    @property
+    def master_key(self) -> Path:
+        """The master key when it is kept in a file, not the OS keyring."""
+        return self.root / "master.key"
+
+    @property
+    def master_key_new(self) -> Path:
+        """A rotation's new key until every secret is re-encrypted with it."""
+        return self.root / "master.key.new"
+
+    @property
+    def prices(self) -> Path:
+        """The active price table, written by `steward pricing update`."""
+        return self.root / "prices.json"
+
+    @property
+    def spool(self) -> Path:
+        """The metadata records' segments (records/spool.py)."""
+        return self.root / "spool"
+
+    @property
+    def upload_cursor(self) -> Path:
+        return self.spool / "cursor.json"
+
+    @property
+    def upload_status(self) -> Path:
+        return self.spool / "upload-status.json"
+
+    @property
+    def uploader_lock(self) -> Path:
+        """Held by the one process that uploads the spool."""
+        return self.spool / "uploader.lock"
+
+    @property
+    def rejected(self) -> Path:
+        """Batches the upload endpoint refused for good."""
+        return self.spool / "rejected"
+
+    @property
+    def bodies(self) -> Path:
+        """The local body store when bodies.url is empty."""
+        return self.root / "bodies"
+
+    @property
+    def pending_bodies(self) -> Path:
+        """Body documents waiting for the bucket (bodies/writer.py)."""
+        return self.root / "pending-bodies"
+
+    @property
+    def bodies_status(self) -> Path:
+        """The gateway's body writer figures, for `steward bucket status`."""
+        return self.root / "bodies-status.json"
+
+    @property
+    def metrics(self) -> Path:
+        """Prometheus figures shared by several workers."""
+        return self.root / "metrics"
 
 
 def resolve_home(explicit: Path | None = None, env: Mapping[str, str] | None = None) -> Path:
@@ -32,7 +106,7 @@ def resolve_home(explicit: Path | None = None, env: Mapping[str, str] | None = N
 
 def require_home(home: Path) -> Path:
     """Fail with a clear line when the home has not been initialised."""
-    if not (home / CONFIG_FILE).exists():
+    if not Home(home).config.exists():
         raise StewardError(f"{home} is not a Steward home: run `steward init --home {home}`")
     return home
 
@@ -48,7 +122,10 @@ class InitResult:
 
 def init_home(home: Path, force: bool = False) -> InitResult:
     """Create what is missing; with force, reset steward.toml (keeping a .bak). Never drops data."""
-    result = InitResult(home=home, first_time=not (home / DB_FILE).exists())
+    from steward.config import DEFAULT_TOML  # config reads its file from a Home
+
+    paths = Home(home)
+    result = InitResult(home=home, first_time=not paths.db.exists())
     try:
         try:
             home.mkdir(mode=0o700, parents=True)
@@ -63,11 +140,10 @@ def init_home(home: Path, force: bool = False) -> InitResult:
                 result.warnings.append(
                     f"{home} is readable by other users (mode {mode:04o}); Steward's own files "
                     f"in it are private, but consider `chmod 700 {home}`")
-        for name in SUBDIRS:
-            sub = home / name
-            (result.existing if sub.exists() else result.created).append(f"{name}/")
+        for sub in (paths.spool, paths.bodies):
+            (result.existing if sub.exists() else result.created).append(f"{sub.name}/")
             sub.mkdir(mode=0o700, exist_ok=True)
-        config_path = home / CONFIG_FILE
+        config_path = paths.config
         if config_path.exists() and not force:
             result.existing.append(CONFIG_FILE)
         else:
@@ -75,7 +151,7 @@ def init_home(home: Path, force: bool = False) -> InitResult:
                 os.replace(config_path, config_path.with_suffix(".toml.bak"))
             write_private(config_path, DEFAULT_TOML)
             result.created.append(CONFIG_FILE)
-        db_path = home / DB_FILE
+        db_path = paths.db
         (result.existing if db_path.exists() else result.created).append(DB_FILE)
         conn = db.connect(db_path)
         conn.close()

@@ -1,9 +1,10 @@
 """Request and response bodies to the operator's bucket, off the critical path, none lost.
 
 The request path hands a Capture to BodyWriter.submit() after the caller has its response.
-Workers build the gzipped JSON document and upload it in threads, retrying with backoff.
-What cannot be uploaded now (bucket down, queue full, shutting down) is spilled to
-<home>/pending-bodies/ (temp file, fsync, rename) and uploaded later, also after a restart.
+Workers build the gzipped JSON document (bodies/document.py) and upload it in threads,
+retrying with backoff. What cannot be uploaded now (bucket down, queue full, shutting down) is
+spilled to Home.pending_bodies (temp file, fsync, rename) and uploaded later, also after a
+restart; this module alone reads and writes that directory.
 If that disk refuses too (full, read-only), the document waits in memory, within the queue's
 byte budget, until the bucket or the disk takes it.
 """
@@ -11,11 +12,8 @@ byte budget, until the bucket or the disk takes it.
 from __future__ import annotations
 
 import asyncio
-import base64
-import codecs
 import contextlib
 import datetime
-import itertools
 import json
 import logging
 import os
@@ -23,32 +21,22 @@ import random
 import tempfile
 import time
 import uuid
-import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from steward.bodies.document import BODY_META, build_document, open_document
 from steward.bodies.stores import BodyStore
-from steward.config import min_free_bytes
+from steward.config import Config, min_free_bytes
 from steward.errors import StewardError
 from steward.files import write_atomic
-from steward.providers import CREDENTIAL_HEADERS, CREDENTIAL_PARAMS
-from steward.providers.base import rewrite_query
+from steward.held import Held
+from steward.home import Home
 from steward.wakeup import sleep_or_wake
 
 log = logging.getLogger("steward.bodies")
 
-SCHEMA_VERSION = 1
-REDACTED = "[REDACTED]"
-# What a body document repeats from the metadata record.
-BODY_META = ("id", "ts", "api_key_id", "provider", "endpoint", "model", "response_model",
-             "method", "path", "stream", "status")
-# Headers never stored: every format's credential headers (CREDENTIAL_HEADERS, kept up to date
-# as formats register), the gateway key, and the usual secrets of any HTTP exchange.
-SECRET_HEADERS = {"proxy-authorization", "cookie", "set-cookie", "x-majordomo-key"}
-PENDING_DIR = "pending-bodies"
-BODIES_STATUS = "bodies-status.json"  # written by the gateway for `steward bucket status`
 PENDING_SUFFIX = ".json.gz"
 LARGE_BODY = 4 * 1024 * 1024
 SPACE_CHECK_SECONDS = 1.0
@@ -56,10 +44,6 @@ SPACE_CHECK_SECONDS = 1.0
 # by a thread a piece at a time, and its document is built reading it back: any size of body
 # then costs about this much memory.
 SPILL_AT = 8 * 1024 * 1024
-# A compressed response is stored decompressed up to the same size, else as it came: a bomb's
-# build (which may run beside a large one) never inflates more.
-MAX_DECODED_BODY = SPILL_AT
-DECODE_PIECE = 1024 * 1024
 SPILL_PIECE = 1024 * 1024
 
 
@@ -137,7 +121,7 @@ class Spill:
             self.file.seek(0)
             left = self.size
             while left > 0:
-                piece = self.file.read(min(DECODE_PIECE, left))
+                piece = self.file.read(min(SPILL_PIECE, left))
                 if not piece:
                     break
                 left -= len(piece)
@@ -211,148 +195,6 @@ def object_key(api_key_id: str | None, request_id: str, ts: float) -> str:
     return f"{api_key_id or 'anonymous'}/{day}/{request_id}.json.gz"
 
 
-def redact_headers(headers: list[tuple[bytes, bytes]]) -> list[list[str]]:
-    out = []
-    for name, value in headers:
-        text = name.decode("latin-1").lower()
-        secret = text in SECRET_HEADERS or name.lower() in CREDENTIAL_HEADERS
-        out.append([text, REDACTED if secret else value.decode("latin-1")])
-    return out
-
-
-def redact_query(query: bytes) -> str:
-    """The query with every format's credential parameter (Gemini's `key`) redacted."""
-    return rewrite_query(query, CREDENTIAL_PARAMS, REDACTED)[1].decode("latin-1")
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")  # NaN/Infinity: Python reads them, others don't
-
-
-def encode_body(data: bytes | bytearray, content_type: str, streamed: bool
-                ) -> tuple[bytes | bytearray, str]:
-    """The body as JSON text for the document, and how it is encoded there.
-
-    A JSON body goes in as the very bytes that passed (checked once, never re-serialised); a
-    stream as the exact text the caller got; other text as a string; anything else base64."""
-    if not data:
-        return b"null", "empty"
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return json.dumps(base64.b64encode(data).decode()).encode(), "base64"
-    if "json" in content_type and not streamed:
-        try:
-            json.loads(text, parse_constant=_reject_constant)
-            return data, "json"
-        except (ValueError, RecursionError):  # too deep for Python is kept as text
-            pass
-    return json.dumps(text, ensure_ascii=False).encode(), "sse" if streamed else "text"
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
-    return next((v.decode("latin-1") for k, v in headers if k.lower() == name), "")
-
-
-def _decoded(data: bytes, encoding: str) -> bytes | bytearray | None:
-    """The readable body: a gzip/deflate response decompressed, a piece at a time and only up
-    to MAX_DECODED_BODY (a bomb is never inflated whole); None if it cannot be."""
-    if encoding not in ("gzip", "deflate"):
-        return data
-    decoder = zlib.decompressobj(32 + 15 if encoding == "gzip" else 15)
-    out = bytearray()
-    try:
-        while True:
-            piece = decoder.decompress(data, DECODE_PIECE)
-            out += piece
-            if len(out) > MAX_DECODED_BODY:
-                return None
-            data = decoder.unconsumed_tail
-            if not data and len(piece) < DECODE_PIECE:
-                return out
-    except zlib.error:
-        return None
-
-
-def _with_body(fields: dict[str, Any], data: bytes | bytearray | None, content_type: str,
-               streamed: bool, raw: bytes = b"") -> list[bytes | bytearray]:
-    """fields as a JSON object with "body" and "body_encoding" added, as pieces to write.
-    data None: the raw bytes could not be decoded, and are stored as they came, in base64."""
-    if data is None:
-        body, encoding = json.dumps(base64.b64encode(raw).decode()).encode(), "base64"
-    else:
-        body, encoding = encode_body(data, content_type, streamed)
-    head = json.dumps({**fields, "body_encoding": encoding}, ensure_ascii=False).encode()
-    return [head[:-1], b', "body": ', body, b"}"]
-
-
-def _spilled_body(capture: Capture, encoding: str, streamed: bool
-                  ) -> tuple[str, Iterator[bytes]]:
-    """A spilled response's body_encoding and its JSON text, a piece at a time from the file:
-    as it came in base64 if compressed or not UTF-8, else as escaped text (a large JSON body
-    too, which is not parsed whole to check it)."""
-    kind = "base64"
-    if encoding not in ("gzip", "deflate"):
-        check = codecs.getincrementaldecoder("utf-8")()
-        try:
-            for piece in capture.response_pieces():
-                check.decode(piece)
-            check.decode(b"", final=True)
-            kind = "sse" if streamed else "text"
-        except UnicodeDecodeError:
-            pass
-
-    def text() -> Iterator[bytes]:
-        yield b'"'
-        if kind == "base64":
-            rest = b""
-            for piece in capture.response_pieces():
-                data = rest + piece
-                cut = len(data) - len(data) % 3
-                yield base64.b64encode(data[:cut])
-                rest = data[cut:]
-            yield base64.b64encode(rest)
-        else:
-            decoder = codecs.getincrementaldecoder("utf-8")()
-            for piece in capture.response_pieces():
-                yield json.dumps(decoder.decode(piece), ensure_ascii=False)[1:-1].encode()
-        yield b'"'
-    return kind, text()
-
-
-def build_document(capture: Capture) -> bytes:
-    """The gzipped JSON object (CPU-heavy for big bodies: runs in a worker thread).
-
-    Written piece by piece into the compressor, so a large body is never copied into one big
-    document string first; a spilled one is read back from its file a piece at a time."""
-    response_type = _header(capture.response_headers, b"content-type")
-    encoding = _header(capture.response_headers, b"content-encoding").strip().lower()
-    streamed = (response_type.startswith("text/event-stream")
-                or capture.meta.get("stream", False))
-    meta = json.dumps({"schema": SCHEMA_VERSION, **capture.meta}, ensure_ascii=False).encode()
-    request = _with_body(
-        {"method": capture.meta.get("method"), "path": capture.meta.get("path"),
-         "query": redact_query(capture.query),
-         "headers": redact_headers(capture.request_headers)},
-        capture.request_body, _header(capture.request_headers, b"content-type"), False)
-    fields = {"status": capture.response_status,
-              "headers": redact_headers(capture.response_headers)}
-    response: Iterable[bytes | bytearray]
-    if capture.spill is None:
-        response_body = b"".join(capture.response_chunks)
-        response = _with_body(fields, _decoded(response_body, encoding), response_type,
-                              streamed, raw=response_body)
-    else:
-        kind, body = _spilled_body(capture, encoding, streamed)
-        head = json.dumps({**fields, "body_encoding": kind}, ensure_ascii=False).encode()
-        response = itertools.chain((head[:-1], b', "body": '), body, (b"}",))
-    gz = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: a gzip container
-    pieces = [gz.compress(piece) for piece in itertools.chain(
-        (meta[:-1], b', "request": '), request, (b', "response": ',), response, (b"}",))]
-    pieces.append(gz.flush())
-    return b"".join(pieces)
-
-
 class BodyWriter:
     def __init__(self, store: BodyStore, home: Path, *, workers: int, queue_bytes: int,
                  attempts: int = 4, flush_interval: float | None = None,
@@ -366,7 +208,8 @@ class BodyWriter:
         self.refused = 0
         self.free_bytes: int | None = None
         self.flush_interval = flush_interval  # store.flush() this often (None, 0: never)
-        self.pending_dir = home / PENDING_DIR
+        self.home = Home(home)
+        self.pending_dir = self.home.pending_bodies
         self.workers = workers
         self.queue_bytes = queue_bytes
         self.attempts = attempts
@@ -375,11 +218,9 @@ class BodyWriter:
         self.uploaded = 0
         self.spilled = 0
         self.failures = 0
-        self.lost = 0
         self.failing = False  # the last attempt to store a body failed
         self.last_error: str | None = None
-        self.held: list[tuple[str, bytes]] = []  # neither uploaded nor on disk yet
-        self.held_bytes = 0
+        self.held: Held[tuple[str, bytes]] = Held()  # neither uploaded nor on disk yet
         self.pending_count = 0  # files in pending-bodies/, as of the drain loop's last look
         self._tasks: list[asyncio.Task[None]] = []  # the workers
         self._background: list[asyncio.Task[None]] = []  # draining and flushing
@@ -408,7 +249,7 @@ class BodyWriter:
         """Queue a body; over the memory budget, spill it to disk first (in a thread)."""
         if capture.spill is not None:
             await capture.spill.settle()
-        if self.queued_bytes + self.held_bytes + capture.size > self.queue_bytes:
+        if self.queued_bytes + self.held.bytes + capture.size > self.queue_bytes:
             async with self._building(capture):
                 data, stored = await asyncio.to_thread(self._spill_capture, capture)
             if stored:
@@ -430,9 +271,8 @@ class BodyWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.held and await self._retry_held():
-            self.lost += len(self.held)
             log.error("LOST %d BODIES at shutdown: neither the bucket nor %s took them (%s)",
-                      len(self.held), self.pending_dir, self.last_error)
+                      len(self.held.give_up()), self.pending_dir, self.last_error)
         if self.flush_interval:
             await self._flush()
 
@@ -484,7 +324,7 @@ class BodyWriter:
     def _list_pending(self) -> list[str]:
         """Spilled bodies, oldest first (in a worker thread: a directory can be large)."""
         try:
-            return sorted(p.name for p in self.pending_dir.glob(f"*{PENDING_SUFFIX}"))
+            return [p.name for p in pending_files(self.home)]
         except OSError:
             return []
 
@@ -553,7 +393,7 @@ class BodyWriter:
     def _spill(self, key: str, data: bytes) -> bool:
         """Atomically to local disk (in a worker thread); False if the disk refused it."""
         try:
-            write_atomic(self.pending_dir / key.replace("/", "__"), data)
+            write_atomic(pending_path(self.home, key), data)
         except OSError as exc:
             self.last_error = f"local disk: {exc}"
             return False
@@ -577,28 +417,25 @@ class BodyWriter:
         The request has succeeded either way."""
         if await self._spill_now(key, data):
             return
-        if self.held_bytes + self.queued_bytes + len(data) > self.queue_bytes:
-            self.lost += 1
+        first = not self.held
+        if not self.held.add((key, data), len(data), self.queue_bytes - self.queued_bytes):
             log.error("LOST BODY %s: the bucket and %s both refuse it (%s) and %d bodies "
                       "already wait in memory", key, self.pending_dir, self.last_error,
                       len(self.held))
             return
-        if not self.held:
+        if first:
             log.error("cannot write bodies to %s (%s): keeping them in memory (within "
                       "bodies.queue_bytes) until the bucket or the disk takes them",
                       self.pending_dir, self.last_error)
-        self.held.append((key, data))
-        self.held_bytes += len(data)
 
     async def _retry_held(self) -> bool:
         """Bodies held in memory: to the bucket if it answers, else to disk. True if any left."""
         while self.held:
-            key, data = self.held[0]
+            key, data = self.held.first()
             if (not await self._upload(key, data, attempts=1, quiet=True)
                     and not await self._spill_now(key, data)):
                 return True
-            self.held.pop(0)
-            self.held_bytes -= len(data)
+            self.held.drop()
             if not self.held:
                 log.warning("bodies held in memory are all stored again")
         return False
@@ -645,14 +482,40 @@ class BodyWriter:
                 "pending": self.pending_count, "uploaded": self.uploaded, "spilled": self.spilled,
                 "failures": self.failures, "failing": self.failing,
                 "last_error": self.last_error,
-                "held": len(self.held), "held_bytes": self.held_bytes, "lost": self.lost,
+                "held": len(self.held), "held_bytes": self.held.bytes, "lost": self.held.lost,
                 "refusing": self.refusing, "refused_low_space": self.refused,
                 "free_bytes": self.free_bytes,
                 "updated_at": time.time()}
 
-    def write_status(self, home: Path) -> None:
+    def write_status(self) -> None:
+        """For `steward bucket status`, which reads it with disk_status()."""
         with contextlib.suppress(OSError):
-            write_atomic(home / BODIES_STATUS, json.dumps(self.status()).encode())
+            write_atomic(self.home.bodies_status, json.dumps(self.status()).encode())
+
+
+def pending_path(home: Home, key: str) -> Path:
+    """Where a spilled document waits: its object key as one file name."""
+    return home.pending_bodies / key.replace("/", "__")
+
+
+def pending_files(home: Home) -> list[Path]:
+    """Documents spilled to disk, waiting for the bucket, oldest first."""
+    return sorted(home.pending_bodies.glob(f"*{PENDING_SUFFIX}"))
+
+
+def disk_status(config: Config) -> dict[str, Any]:
+    """What `steward bucket status` shows: the bodies waiting on disk, and the running
+    gateway's last figures (as its writer last wrote them)."""
+    home = Home(config.home)
+    pending = pending_files(home)
+    try:
+        daemon = json.loads(home.bodies_status.read_text())
+    except (FileNotFoundError, ValueError):
+        daemon = {}
+    return {"destination": config.bodies_url(), "pending_on_disk": len(pending),
+            "pending_bytes": sum(p.stat().st_size for p in pending), **{
+                k: daemon.get(k) for k in ("queued", "uploaded", "failures", "last_error",
+                                           "updated_at")}}
 
 
 def find_key(home: Path, store: BodyStore, request_id: str) -> str | None:
@@ -661,7 +524,7 @@ def find_key(home: Path, store: BodyStore, request_id: str) -> str | None:
     from steward.bodies.stores import LocalStore
     from steward.records.spool import read_records
 
-    for record in read_records(home / "spool"):
+    for record in read_records(Home(home).spool):
         if record.get("id") == request_id:
             ref = record.get("body_ref")
             return "/".join(ref.split("/")[-5:]) if ref else None
@@ -686,7 +549,7 @@ def read_document(home: Path, store: BodyStore, request_id: str) -> bytes:
         raise StewardError(f"no body found for request {request_id}: no metadata record names "
                            "it (records are kept for metadata.retention) and it is not in the "
                            "local store")
-    pending = home / PENDING_DIR / key.replace("/", "__")
+    pending = pending_path(Home(home), key)
     try:
         data = pending.read_bytes()
     except FileNotFoundError:
@@ -695,7 +558,4 @@ def read_document(home: Path, store: BodyStore, request_id: str) -> bytes:
         except Exception as exc:  # each store raises its own kinds of "not there"
             raise StewardError(f"cannot read the body of {request_id} ({store.url(key)}): "
                                f"{exc.__class__.__name__}: {exc}"[:400]) from None
-    try:
-        return zlib.decompress(data, 16 + zlib.MAX_WBITS)
-    except zlib.error as exc:
-        raise StewardError(f"the stored body of {request_id} is not gzip: {exc}") from None
+    return open_document(data, request_id)

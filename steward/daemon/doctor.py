@@ -17,7 +17,7 @@ from steward.bodies.bucket import bucket_settings, probe
 from steward.bodies.stores import open_store
 from steward.config import Config, load_config
 from steward.errors import StewardError
-from steward.home import DB_FILE
+from steward.home import Home
 from steward.records.formats import ENCODERS, UPLOAD_TOKEN
 from steward.secrets import master_key, provider_keys
 from steward.secrets.crypto import Vault
@@ -49,25 +49,26 @@ def _check(name: str, fix: str, run: Callable[[], str]) -> Check:
 def run_checks(home: Path) -> list[Check]:
     checks: list[Check] = []
     state: dict[str, object] = {}
+    paths = Home(home)
 
     def config() -> str:
         state["config"] = load_config(home)
-        return f"{home / 'steward.toml'} is valid"
+        return f"{paths.config} is valid"
 
     checks.append(_check("config valid", "fix the key named above with `steward config set`",
                          config))
 
     def writable() -> str:
-        for directory in (home, home / "spool", home / "bodies"):
+        for directory in (home, paths.spool, paths.bodies):
             directory.mkdir(mode=0o700, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=directory):
                 pass
-        return f"{home}, spool/ and bodies/ are writable"
+        return f"{home}, {paths.spool.name}/ and {paths.bodies.name}/ are writable"
 
     checks.append(_check("home writable", f"give this user write access to {home}", writable))
 
     def schema() -> str:
-        conn = sqlite3.connect(home / DB_FILE)
+        conn = sqlite3.connect(paths.db)
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         finally:
@@ -81,7 +82,7 @@ def run_checks(home: Path) -> list[Check]:
                          "run any steward command once (it migrates), or upgrade Steward", schema))
 
     def key() -> str:
-        conn = db.connect(home / DB_FILE)
+        conn = db.connect(paths.db)
         state["conn"] = conn
         vault, found = master_key.open_vault(home, conn)
         state["vault"] = vault

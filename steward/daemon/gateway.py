@@ -14,18 +14,17 @@ from contextlib import suppress
 from typing import Any
 
 import aiohttp
-import httpx
 
 from steward import db
 from steward.bodies.bucket import bucket_settings
 from steward.bodies.stores import LocalStore, open_store
-from steward.bodies.writer import PENDING_DIR, BodyWriter
+from steward.bodies.writer import BodyWriter
 from steward.config import Config, load_config
 from steward.daemon import allocator, logs, telemetry
 from steward.daemon.metrics import Metrics
 from steward.daemon.supervisor import InProcessReporter, Reporter
 from steward.errors import StewardError
-from steward.home import DB_FILE
+from steward.home import Home
 from steward.pricing import pricer as pricing
 from steward.pricing.pricer import Pricer
 from steward.proxy.pipeline import Proxy
@@ -51,12 +50,13 @@ BODY_SWEEP_SECONDS = 3600.0  # several workers: how old another worker's gauges 
 class Gateway:
     def __init__(self, config: Config):
         self.config = config
+        self.home = Home(config.home)
         self.router = Router(config.providers)
         self.keys = KeyIndex()
         self.credentials = CredentialIndex()
         self._vault: Vault | None = None
         meta = config.metadata
-        self.spool = Spool(config.home / "spool", config.fsync_interval,
+        self.spool = Spool(self.home.spool, config.fsync_interval,
                            meta.segment_max_bytes, meta.segment_max_age)
         self.uploader: Uploader | None = None
         self.telemetry: telemetry.Telemetry | None = None
@@ -83,17 +83,17 @@ class Gateway:
             loop = asyncio.get_running_loop()
             loop.set_debug(True)
             loop.slow_callback_duration = 0.025
-        self._db = await asyncio.to_thread(db.connect, self.config.home / DB_FILE)
+        self._db = await asyncio.to_thread(db.connect, self.home.db)
         self._vault, _ = await asyncio.to_thread(master_key.open_vault, self.config.home,
                                                  self._db)
         await asyncio.to_thread(self._refresh_keys)
-        self.sessions = {name: make_session(self.config.limits) for name in self.router.upstreams}
+        self._open_sessions(self.config)
         if self.config.bodies.enabled:
             store = await asyncio.to_thread(open_store, bucket_settings(self.config, self._db,
                                                                         self._vault))
             b = self.config.bodies
-            guard = store.root if isinstance(store, LocalStore) else self.config.home / \
-                PENDING_DIR  # the only bodies written locally
+            guard = store.root if isinstance(store, LocalStore) else \
+                self.home.pending_bodies  # the only bodies written locally
             self.bodies = BodyWriter(store, self.config.home, workers=b.workers,
                                      queue_bytes=b.queue_bytes,
                                      flush_interval=self.config.bodies_fsync_interval,
@@ -110,10 +110,7 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._report()))
         if self.config.pricing.refresh_interval > 0:
             self._tasks.append(asyncio.create_task(self._refresh_prices()))
-        if self.config.metadata.upload_url:
-            token = await asyncio.to_thread(provider_keys.get_secret, self._db, self._vault,
-                                            UPLOAD_TOKEN)
-            self._start_uploader(self.config, token)
+        await self._start_uploader(self.config)
         await self._apply_telemetry(self.config)
         # Everything loaded so far (frameworks, SDKs, the price table) lives as long as the
         # process: out of the collector's reach, a full collection scans only what requests
@@ -139,7 +136,7 @@ class Gateway:
         await self._stop_telemetry()
         if self.bodies is not None:
             await self.bodies.stop()
-            await asyncio.to_thread(self.bodies.write_status, self.config.home)  # the final word
+            await asyncio.to_thread(self.bodies.write_status)  # the final word
         await asyncio.to_thread(self._flush_last_used)
         await self.spool.sync()
         self.spool.close()
@@ -151,7 +148,7 @@ class Gateway:
         """Reload keys, provider keys and prices when the CLI has changed them."""
         assert self._db is not None
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        active = self.config.home / pricing.ACTIVE_TABLE
+        active = self.home.prices
         mtime = active.stat().st_mtime_ns if active.exists() else 0
         if version != self._data_version or mtime != self._prices_mtime:
             self._pricer = pricing.load_pricer(self.config.home, self._db)
@@ -202,7 +199,7 @@ class Gateway:
                 "bodies_lost": bodies.get("lost", 0),
                 "bodies_refused_low_space": bodies.get("refused_low_space", 0),
                 "spool_backlog_bytes": upload.get("backlog_bytes", 0),
-                # 1 in the one worker that holds spool/uploader.lock: the sum is 1 when uploads
+                # 1 in the one worker that holds the uploader lock: the sum is 1 when uploads
                 # run, 0 when an upload URL is set and nobody could take the lock.
                 "metadata_uploader_active": 1 if upload.get("lock_held") else 0,
                 "metadata_upload_failures": upload.get("failures", 0)}
@@ -236,7 +233,16 @@ class Gateway:
                           exc)
             await asyncio.sleep(BODY_SWEEP_SECONDS)
 
-    def _start_uploader(self, config: Config, token: str | None) -> None:
+    def _open_sessions(self, config: Config) -> None:
+        """One connection pool per upstream."""
+        self.sessions = {name: make_session(config.limits) for name in self.router.upstreams}
+
+    async def _start_uploader(self, config: Config) -> None:
+        """Upload metadata, with the stored token, when config names an endpoint."""
+        if not config.metadata.upload_url:
+            return
+        token = await asyncio.to_thread(provider_keys.get_secret, self._db, self._vault,
+                                        UPLOAD_TOKEN)
         self.uploader = make_uploader(config, token)
         self._upload_task = asyncio.create_task(self.uploader.run())
         self._tasks.append(self._upload_task)
@@ -303,17 +309,14 @@ class Gateway:
         old = self.config
         if new.providers != old.providers or new.limits != old.limits:
             self.router = Router(new.providers)
-            self.sessions = {name: make_session(new.limits) for name in self.router.upstreams}
+            self._open_sessions(new)
             if self.proxy is not None:
                 # Requests from now on use the new pools; each old pool closes when the last
                 # request using it ends, so a stream in flight runs on undisturbed.
                 self.proxy.configure(self.router, self.sessions, new.limits)
         if new.metadata != old.metadata and self._db is not None:
-            await self._stop_uploader()  # releases spool/uploader.lock for the new one
-            if new.metadata.upload_url:
-                token = await asyncio.to_thread(provider_keys.get_secret, self._db,
-                                                self._vault, UPLOAD_TOKEN)
-                self._start_uploader(new, token)
+            await self._stop_uploader()  # releases the uploader lock for the new one
+            await self._start_uploader(new)
         try:
             await self._apply_telemetry(new)
         except StewardError as exc:
@@ -332,20 +335,15 @@ class Gateway:
 
     async def _refresh_prices(self) -> None:
         """pricing.refresh_interval: fetch the table; a bad download keeps the last good one."""
-        async with httpx.AsyncClient(timeout=60, follow_redirects=True) as client:
-            while True:
-                await asyncio.sleep(self.config.pricing.refresh_interval)
-                url = self.config.pricing.url
-                try:
-                    response = await client.get(url)
-                    response.raise_for_status()
-                    table = await asyncio.to_thread(pricing.install_table, self.config.home,
-                                                    response.content, url)
-                    log.info("price table refreshed from %s (version %s)", url,
-                             table["version"])
-                except (httpx.HTTPError, StewardError) as exc:
-                    log.error("price table refresh from %s failed, keeping the current one: "
-                              "%s", url, exc)
+        while True:
+            await asyncio.sleep(self.config.pricing.refresh_interval)
+            url = self.config.pricing.url
+            try:
+                table = await asyncio.to_thread(pricing.update_table, self.config.home, url)
+                log.info("price table refreshed from %s (version %s)", url, table["version"])
+            except StewardError as exc:
+                log.error("price table refresh from %s failed, keeping the current one: %s",
+                          url, exc)
 
     async def _keep_keys_fresh(self) -> None:
         while True:
@@ -359,4 +357,4 @@ class Gateway:
             except (sqlite3.Error, StewardError) as exc:
                 log.error("could not refresh keys from the database: %s", exc)
             if self.bodies is not None:
-                await asyncio.to_thread(self.bodies.write_status, self.config.home)
+                await asyncio.to_thread(self.bodies.write_status)

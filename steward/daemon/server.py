@@ -16,6 +16,7 @@ from steward.daemon.app import create_app
 from steward.daemon.metrics import MULTIPROCESS_DIR
 from steward.daemon.supervisor import STOP_WORKER, InProcessReporter, Reporter, Supervisor
 from steward.errors import StewardError
+from steward.home import Home
 
 log = logging.getLogger("steward")
 
@@ -119,7 +120,7 @@ def serve(config: Config) -> None:
         return
     # Metrics shared by the workers (they start after this, so they all see it); a new run
     # starts from zero, as a restarted single process does.
-    shared = config.home / "metrics"
+    shared = Home(config.home).metrics
     shutil.rmtree(shared, ignore_errors=True)
     shared.mkdir(mode=0o700)
     os.environ[MULTIPROCESS_DIR] = str(shared)

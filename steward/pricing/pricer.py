@@ -26,16 +26,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from steward.config import write_private
 from steward.db import transaction
 from steward.errors import NotFoundError, StewardError
+from steward.files import write_private
+from steward.home import Home
 from steward.pricing import table as price_table
 from steward.records.record import Cost
 
 log = logging.getLogger("steward.pricing")
 
 MILLION = Decimal(1_000_000)
-ACTIVE_TABLE = "prices.json"  # in the home, written by `steward pricing update`
 _DATED = re.compile(r"^(.*?)(-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4})$")
 _TIER = re.compile(r"^input_cost_per_token_above_(\d+)k_tokens$")
 OVERRIDE_FIELDS = {"input": "input_cost_per_token", "output": "output_cost_per_token",
@@ -166,13 +166,33 @@ def install_table(home: Path, raw: bytes, source: str) -> dict[str, Any]:
     except ValueError as exc:
         raise price_table.PriceTableError(f"not valid JSON ({exc})") from None
     table = price_table.reduce(parsed, source)
-    write_private(home / ACTIVE_TABLE, json.dumps(table, sort_keys=True))
+    write_private(Home(home).prices, json.dumps(table, sort_keys=True))
     return table
+
+
+def update_table(home: Path, source: str, raw: bytes | None = None) -> dict[str, Any]:
+    """Make the table at source the active one: fetched from that URL, unless its bytes are
+    given (a local file). What `steward pricing update` and pricing.refresh_interval do; a
+    failure raises saying why, and the last good table stays."""
+    if raw is None:
+        import httpx  # only this download needs it: the CLI starts faster without
+
+        try:
+            response = httpx.get(source, timeout=60, follow_redirects=True)
+            response.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            raise price_table.PriceTableError(
+                f"{source} answered {exc.response.status_code}") from None
+        except httpx.HTTPError as exc:
+            raise price_table.PriceTableError(
+                f"cannot fetch {source} ({exc.__class__.__name__})") from None
+        raw = response.content
+    return install_table(home, raw, source)
 
 
 def active_table(home: Path) -> tuple[dict[str, Any], str]:
     """The table from `steward pricing update` if there is one, else the bundled table."""
-    updated = home / ACTIVE_TABLE
+    updated = Home(home).prices
     if updated.exists():
         try:
             return price_table.load(updated), "updated"

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 from urllib.parse import parse_qsl, urlencode
 
+from steward.providers.encoding import decompressor, inflate
 from steward.providers.streams import MAX_SSE_LINE, SSEParser
 from steward.providers.usage import Reading, dig
 
 # Non-streamed bodies larger than this are relayed but not parsed for usage; nor is a
 # compressed body past this size decompressed.
 MAX_METERED_BODY = 64 * 1024 * 1024
-DECODE_PIECE = 1024 * 1024  # decompressed at a time, so one small chunk cannot inflate at once
 
 
 def unreadable(why: str) -> str:
@@ -275,8 +275,7 @@ class DecodingMeter:
     def __init__(self, inner: Meter, encoding: str):
         self._inner = inner
         self._encoding = encoding
-        # 32+15: gzip or zlib header auto-detected; raw deflate needs -15.
-        self._decoder: Any = zlib.decompressobj(32 + 15 if encoding == "gzip" else 15)
+        self._decoder: Any = decompressor(encoding)
         self._size = 0
         self._why: str | None = None  # why metering stopped
 
@@ -285,8 +284,7 @@ class DecodingMeter:
         if decoder is None:
             return
         try:
-            while True:
-                data = decoder.decompress(chunk, DECODE_PIECE)
+            for data in inflate(decoder, chunk):
                 self._size += len(data)
                 if self._size > MAX_METERED_BODY:
                     self._stop(f"decompressed size over {MAX_METERED_BODY >> 20} MiB "
@@ -294,9 +292,6 @@ class DecodingMeter:
                     return
                 if data:
                     self._inner.feed(data)
-                chunk = decoder.unconsumed_tail
-                if not chunk and len(data) < DECODE_PIECE:  # else output may still be pending
-                    return
         except zlib.error:
             # undecodable: usage stays unknown, the caller is unaffected
             self._stop(f"the body could not be decompressed (invalid {self._encoding})")

@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 from steward.config import Config
 from steward.db import legacy_key_uuid
+from steward.home import Home
 from steward.records.record import Record, rfc3339
 from steward.records.upload import Encoder, Uploader
 
@@ -133,6 +134,6 @@ def make_uploader(config: Config, token: str | None) -> Uploader:
     if meta.format == "majordomo":
         encoder = majordomo_encoder(meta.indexed_tags, meta.org_id, config.bodies_url())
         batch_size = min(batch_size, MAJORDOMO_MAX_BATCH)
-    return Uploader(config.home / "spool", meta.upload_url, token, batch_size=batch_size,
+    return Uploader(Home(config.home), meta.upload_url, token, batch_size=batch_size,
                     interval=meta.interval, retention=meta.retention,
                     max_spool_bytes=meta.max_spool_bytes, encoder=encoder, ok_statuses=ok)

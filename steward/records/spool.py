@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-import collections
 import errno
 import itertools
 import json
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from steward.held import Held
 from steward.records.record import Record
 
 log = logging.getLogger("steward.spool")
@@ -40,11 +40,9 @@ class Spool:
         self.max_segment_age = max_segment_age
         self.errors = 0
         self.records = 0
-        self.lost = 0
         self.last_error: str | None = None
         self.failing_since: float | None = None
-        self._held: collections.deque[bytes] = collections.deque()
-        self._held_bytes = 0
+        self._held: Held[bytes] = Held()
         self._fd = -1
         self._opened_at = 0.0
         self._size = 0
@@ -125,15 +123,15 @@ class Spool:
                       "memory (up to %d MiB) and retrying every %gs", self.directory,
                       self.last_error, MAX_HELD_BYTES // 1024**2, RETRY_SECONDS)
 
+    @property
+    def lost(self) -> int:
+        return self._held.lost
+
     def _hold(self, line: bytes, record_id: Any) -> None:
-        if self._held_bytes + len(line) > MAX_HELD_BYTES:
-            self.lost += 1
+        if not self._held.add(line, len(line), MAX_HELD_BYTES):
             log.error("LOST metadata record %s: the spool in %s is still unwritable (%s) and "
                       "%d records already wait in memory", record_id, self.directory,
                       self.last_error, len(self._held))
-            return
-        self._held.append(line)
-        self._held_bytes += len(line)
 
     def _write_held_batch(self) -> bool:
         """Write the oldest held records (up to RETRY_BATCH_BYTES) with one write()."""
@@ -148,9 +146,7 @@ class Spool:
         except OSError as exc:
             self._failed(exc)
             return False
-        for _ in range(batch):
-            self._held.popleft()
-        self._held_bytes -= size
+        self._held.drop(batch)
         self.records += batch
         return True
 
@@ -188,7 +184,7 @@ class Spool:
 
     def status(self) -> dict[str, Any]:
         return {"records": self.records, "write_errors": self.errors,
-                "held_records": len(self._held), "held_bytes": self._held_bytes,
+                "held_records": len(self._held), "held_bytes": self._held.bytes,
                 "lost_records": self.lost, "last_error": self.last_error,
                 "failing_since": self.failing_since}
 
@@ -215,10 +211,8 @@ class Spool:
             log.error("LOST %d metadata records at shutdown: the spool in %s is unwritable "
                       "(%s); they follow, one per line, for recovery by hand",
                       len(self._held), self.directory, self.last_error)
-            for line in self._held:
+            for line in self._held.give_up():
                 log.error("unspooled record: %s", line.decode().rstrip())
-            self.lost += len(self._held)
-            self._held.clear()
         self._close_segment()
 
 
@@ -261,10 +255,15 @@ def segment_writer_alive(path: Path) -> bool:
     return started is None or started <= created + 1
 
 
+def segments(directory: Path) -> list[Path]:
+    """The segment files, oldest first: the one way anything lists the spool."""
+    return sorted(directory.glob(f"*{SEGMENT_SUFFIX}"))
+
+
 def read_records(directory: Path) -> list[Record]:
     """Every record in every segment, oldest segment first (for `steward usage` and tests)."""
     records: list[Record] = []
-    for path in sorted(directory.glob(f"*{SEGMENT_SUFFIX}")):
+    for path in segments(directory):
         with path.open("rb") as fh:
             for line in fh:
                 if line.endswith(b"\n"):

@@ -1,10 +1,10 @@
 """Batched, idempotent upload of spooled metadata to a control-plane endpoint.
 
-The cursor (spool/cursor.json, replaced atomically) holds, per segment, the byte offset up to
+The cursor (Home.upload_cursor, replaced atomically) holds, per segment, the byte offset up to
 which records are committed, plus the batch in flight. A batch is a list of byte ranges in
 segment files, which never change once written, so a retry (even after a crash) re-sends exactly
 the same records under the same Idempotency-Key. Only one process uploads: the one holding
-spool/uploader.lock.
+Home.uploader_lock.
 """
 
 from __future__ import annotations
@@ -27,15 +27,12 @@ from typing import Any
 import httpx
 
 from steward.files import write_atomic
-from steward.records.spool import SEGMENT_SUFFIX, segment_writer_alive
+from steward.home import Home
+from steward.records.spool import SEGMENT_SUFFIX, segment_writer_alive, segments
 from steward.wakeup import sleep_or_wake
 
 log = logging.getLogger("steward.upload")
 
-CURSOR_FILE = "cursor.json"
-STATUS_FILE = "upload-status.json"
-LOCK_FILE = "uploader.lock"
-REJECTED_DIR = "rejected"
 RETRYABLE = {408, 425, 429}
 MAX_BACKOFF = 300.0
 
@@ -57,9 +54,9 @@ class Cursor:
     inflight: Batch | None = None
 
     @classmethod
-    def load(cls, directory: Path) -> Cursor:
+    def load(cls, path: Path) -> Cursor:
         try:
-            data = json.loads((directory / CURSOR_FILE).read_text())
+            data = json.loads(path.read_text())
         except FileNotFoundError:
             return cls()
         inflight = data.get("inflight")
@@ -67,15 +64,11 @@ class Cursor:
                    inflight=Batch(inflight["key"], [tuple(r) for r in inflight["ranges"]])
                    if inflight else None)
 
-    def save(self, directory: Path) -> None:
+    def save(self, path: Path) -> None:
         data = {"offsets": self.offsets,
                 "inflight": {"key": self.inflight.key, "ranges": self.inflight.ranges}
                 if self.inflight else None}
-        write_atomic(directory / CURSOR_FILE, json.dumps(data).encode())
-
-
-def segments(directory: Path) -> list[Path]:
-    return sorted(directory.glob(f"*{SEGMENT_SUFFIX}"))
+        write_atomic(path, json.dumps(data).encode())
 
 
 def read_range(directory: Path, segment: str, start: int, end: int) -> bytes:
@@ -130,11 +123,12 @@ Encoder = Callable[[bytes], tuple[bytes, dict[str, str]]]
 
 
 class Uploader:
-    def __init__(self, directory: Path, url: str, token: str | None, *, batch_size: int,
+    def __init__(self, home: Home, url: str, token: str | None, *, batch_size: int,
                  interval: float, retention: float, max_spool_bytes: int, encoder: Encoder,
                  ok_statuses: Callable[[int], bool] = lambda s: 200 <= s < 300,
                  client: httpx.AsyncClient | None = None):
-        self.directory = directory
+        self.home = home
+        self.directory = home.spool
         self.url = url
         self.token = token
         self.batch_size = batch_size
@@ -191,14 +185,14 @@ class Uploader:
         while not await self._locked():
             if not said:
                 log.info("metadata upload: %s is held by pid %s; uploading from here when "
-                         "it is released", self.directory / LOCK_FILE,
-                         lock_holder(self.directory) or "?")
+                         "it is released", self.home.uploader_lock,
+                         lock_holder(self.home) or "?")
                 said = True
             self.idle.set()
             await self._sleep(self.interval)
         self.status["lock_held"] = True
         if said:
-            log.info("metadata upload: took over %s", self.directory / LOCK_FILE)
+            log.info("metadata upload: took over %s", self.home.uploader_lock)
 
     async def _locked(self) -> bool:
         try:
@@ -211,12 +205,8 @@ class Uploader:
         await sleep_or_wake(self.wake, seconds)
 
     def _try_lock(self) -> bool:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = _take_lock(self.home)
+        if fd is None:
             return False
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for spool status
@@ -225,13 +215,13 @@ class Uploader:
 
     async def step(self) -> float | None:
         """Send one batch. Returns None when nothing is pending, else how long to wait."""
-        cursor = await asyncio.to_thread(Cursor.load, self.directory)
+        cursor = await asyncio.to_thread(Cursor.load, self.home.upload_cursor)
         if cursor.inflight is None:
             cursor.inflight = await asyncio.to_thread(next_batch, self.directory, cursor,
                                                       self.batch_size)
             if cursor.inflight is None:
                 return None
-            await asyncio.to_thread(cursor.save, self.directory)  # the batch is now fixed
+            await asyncio.to_thread(cursor.save, self.home.upload_cursor)  # the batch is fixed
         self.idle.clear()
         batch = cursor.inflight
         lines = await asyncio.to_thread(self._read, batch)
@@ -264,12 +254,12 @@ class Uploader:
         for name, _, end in cursor.inflight.ranges:
             cursor.offsets[name] = max(cursor.offsets.get(name, 0), end)
         cursor.inflight = None
-        cursor.save(self.directory)
+        cursor.save(self.home.upload_cursor)
 
     def _reject(self, cursor: Cursor, lines: bytes, response: httpx.Response) -> None:
         """A 4xx the endpoint will never accept: keep the batch aside, loudly, and go on."""
         assert cursor.inflight is not None
-        rejected = self.directory / REJECTED_DIR
+        rejected = self.home.rejected
         rejected.mkdir(mode=0o700, exist_ok=True)
         key = cursor.inflight.key
         write_atomic(rejected / f"{key}{SEGMENT_SUFFIX}", lines)
@@ -302,13 +292,13 @@ class Uploader:
         else:
             self.status["failures"] = self.status.get("failures", 0) + 1
         with contextlib.suppress(OSError):
-            write_atomic(self.directory / STATUS_FILE, json.dumps(self.status).encode())
+            write_atomic(self.home.upload_status, json.dumps(self.status).encode())
 
     # -- housekeeping -----------------------------------------------------------------------
 
     def cleanup(self) -> None:
         """Delete fully uploaded, finished segments older than the retention; warn on backlog."""
-        cursor = Cursor.load(self.directory)
+        cursor = Cursor.load(self.home.upload_cursor)
         now = time.time()
         backlog = 0
         changed = False
@@ -322,7 +312,7 @@ class Uploader:
                 cursor.offsets.pop(path.name, None)
                 changed = True
         if changed and cursor.inflight is None:
-            cursor.save(self.directory)
+            cursor.save(self.home.upload_cursor)
         self.status["backlog_bytes"] = backlog
         over = backlog > self.max_spool_bytes
         if over != self.status.get("backlog_over_limit", False):
@@ -336,12 +326,12 @@ class Uploader:
                          "(%d)", backlog, self.max_spool_bytes)
 
 
-def backlog(directory: Path) -> dict[str, Any]:
+def backlog(home: Home) -> dict[str, Any]:
     """What `steward spool status` shows: pending records, their age, the last upload."""
-    cursor = Cursor.load(directory)
+    cursor = Cursor.load(home.upload_cursor)
     pending = 0
     oldest: str | None = None
-    for path in segments(directory):
+    for path in segments(home.spool):
         with path.open("rb") as fh:
             fh.seek(cursor.offsets.get(path.name, 0))
             for line in fh:
@@ -352,36 +342,45 @@ def backlog(directory: Path) -> dict[str, Any]:
                         oldest = json.loads(line).get("ts")
                 pending += 1
     try:
-        status = json.loads((directory / STATUS_FILE).read_text())
+        status = json.loads(home.upload_status.read_text())
     except (FileNotFoundError, ValueError):
         status = {}
-    rejected = sorted((directory / REJECTED_DIR).glob(f"*{SEGMENT_SUFFIX}"))
+    rejected = segments(home.rejected)
     return {"pending_records": pending, "oldest_pending": oldest,
-            "uploader_pid": None if lock_is_free(directory) else lock_holder(directory),
+            "uploader_pid": None if lock_is_free(home) else lock_holder(home),
             "in_flight": cursor.inflight.key if cursor.inflight else None,
             "last_success_at": status.get("last_success_at"),
             "last_attempt_at": status.get("last_attempt_at"),
             "last_status": status.get("last_status"), "last_error": status.get("last_error"),
-            "rejected_batches": len(rejected), "rejected_dir": str(directory / REJECTED_DIR)}
+            "rejected_batches": len(rejected), "rejected_dir": str(home.rejected)}
 
 
-def lock_holder(directory: Path) -> int | None:
+def lock_holder(home: Home) -> int | None:
     """The pid that last took the uploader lock (it may have exited since)."""
     try:
-        text = (directory / LOCK_FILE).read_text().strip()
+        text = home.uploader_lock.read_text().strip()
     except OSError:
         return None
     return int(text) if text.isdigit() else None
 
 
-def lock_is_free(directory: Path) -> bool:
+def lock_is_free(home: Home) -> bool:
     """True when no running gateway holds the uploader lock."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _take_lock(home)
+    if fd is None:
+        return False
+    os.close(fd)  # closing releases the lock
+    return True
+
+
+def _take_lock(home: Home) -> int | None:
+    """The uploader lock, without waiting: its fd (closing it releases the lock), or None
+    while another process holds it."""
+    home.spool.mkdir(parents=True, exist_ok=True)
+    fd = os.open(home.uploader_lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)  # closing releases the lock
-    return True
+        os.close(fd)
+        return None
+    return fd

@@ -28,13 +28,13 @@ from typing import Any, TypeVar
 from steward import db
 from steward.errors import StewardError
 from steward.files import write_atomic
+from steward.home import Home
 from steward.secrets.crypto import Vault
 
 log = logging.getLogger("steward")
 
 SERVICE = "steward"
 CREDENTIAL_NAME = "steward-master-key"
-KEY_FILE = "master.key"
 PENDING_SUFFIX = "#pending"
 KEYRING_TIMEOUT = 5.0
 _CHECK_META = "master_key_check"
@@ -148,12 +148,12 @@ def find(home: Path, env: Mapping[str, str] | None = None) -> MasterKey | None:
         try:
             stored = _keyring_get(backend, str(home))
         except MasterKeyError as exc:
-            log.warning("%s; trying %s", exc, home / KEY_FILE)
+            log.warning("%s; trying %s", exc, Home(home).master_key)
             stored = None
         if stored:
             return MasterKey(parse_key(stored, f"keyring entry {SERVICE}/{home}"), "keyring",
                              why)
-    path = home / KEY_FILE
+    path = Home(home).master_key
     if path.exists():
         return MasterKey(parse_key(path.read_bytes(), str(path)), "file", str(path))
     return None
@@ -162,6 +162,7 @@ def find(home: Path, env: Mapping[str, str] | None = None) -> MasterKey | None:
 def create(home: Path, store: str = "auto") -> tuple[MasterKey, str]:
     """A new key in the best store available (or the one asked for); returns it and a note."""
     key = os.urandom(32)
+    path = Home(home).master_key
     if store in ("auto", "keyring"):
         backend, why = keyring_backend()
         if backend is not None:
@@ -172,17 +173,17 @@ def create(home: Path, store: str = "auto") -> tuple[MasterKey, str]:
                 backend, why = None, str(exc)
         if store == "keyring":
             raise MasterKeyError(f"--key-store keyring: {why}")
-        note = (f"WARNING: {why}; the master key is in {home / KEY_FILE} (0600). Anyone who "
+        note = (f"WARNING: {why}; the master key is in {path} (0600). Anyone who "
                 "can read that file can decrypt the stored provider keys. Prefer a keyring or, "
                 "under systemd, LoadCredential= (see packaging/).")
     else:
-        note = f"stored in {home / KEY_FILE} (0600), as chosen with --key-store file"
-    _write_key_file(home / KEY_FILE, key)
-    return MasterKey(key, "file", str(home / KEY_FILE)), note
+        note = f"stored in {path} (0600), as chosen with --key-store file"
+    _write_key_file(path, key)
+    return MasterKey(key, "file", str(path)), note
 
 
 MISSING_HELP = ("provide it as $STEWARD_MASTER_KEY, as the systemd credential "
-                f"{CREDENTIAL_NAME}, in the OS keyring, or in <home>/{KEY_FILE}")
+                f"{CREDENTIAL_NAME}, in the OS keyring, or in {Home(Path('<home>')).master_key}")
 
 
 def open_vault(home: Path, conn: sqlite3.Connection,
@@ -230,7 +231,7 @@ def _pending_key(home: Path, master: MasterKey) -> bytes | None:
         backend, _ = keyring_backend()
         stored = _keyring_get(backend, str(home) + PENDING_SUFFIX) if backend else None
         return parse_key(stored, "pending keyring entry") if stored else None
-    path = home / (KEY_FILE + ".new")
+    path = Home(home).master_key_new
     return parse_key(path.read_bytes(), str(path)) if path.exists() else None
 
 
@@ -240,7 +241,7 @@ def _discard_pending(home: Path, master: MasterKey) -> None:
         if backend is not None and _keyring_get(backend, str(home) + PENDING_SUFFIX):
             _keyring_delete(backend, str(home) + PENDING_SUFFIX)
     elif master.store == "file":
-        (home / (KEY_FILE + ".new")).unlink(missing_ok=True)
+        Home(home).master_key_new.unlink(missing_ok=True)
 
 
 def _promote(home: Path, master: MasterKey, new: bytes) -> MasterKey:
@@ -249,8 +250,8 @@ def _promote(home: Path, master: MasterKey, new: bytes) -> MasterKey:
         _keyring_set(backend, str(home), new.hex())
         _keyring_delete(backend, str(home) + PENDING_SUFFIX)
         return MasterKey(new, "keyring", why)
-    os.replace(home / (KEY_FILE + ".new"), home / KEY_FILE)
-    return MasterKey(new, "file", str(home / KEY_FILE))
+    os.replace(Home(home).master_key_new, Home(home).master_key)
+    return MasterKey(new, "file", str(Home(home).master_key))
 
 
 def _finish_interrupted_rotation(home: Path, conn: sqlite3.Connection, master: MasterKey,
@@ -283,7 +284,7 @@ def rotate(home: Path, conn: sqlite3.Connection,
         backend, _ = keyring_backend()
         _keyring_set(backend, str(home) + PENDING_SUFFIX, new.hex())
     else:
-        _write_key_file(home / (KEY_FILE + ".new"), new)
+        _write_key_file(Home(home).master_key_new, new)
     new_vault = Vault(new)
     with db.transaction(conn):
         count = reseal(conn, old_vault, new_vault)

@@ -15,8 +15,10 @@ import httpx
 import openai
 import pytest
 
+from steward.bodies.document import build_document
 from steward.bodies.stores import LocalStore
-from steward.bodies.writer import PENDING_DIR, BodyWriter, Capture, build_document
+from steward.bodies.writer import BodyWriter, Capture
+from steward.home import Home
 from tests.support.bodies import count_bodies, stored_bytes, stored_document
 from tests.support.daemon import Daemon, cli, free_port, provider_env
 from tests.support.fake_upstream import FakeUpstream
@@ -322,7 +324,7 @@ def test_deeply_nested_json_body_is_stored_as_text() -> None:
 
 
 def test_a_pending_body_is_removed_only_once_its_stored_copy_is_flushed(tmp_path: Path) -> None:
-    pending = tmp_path / PENDING_DIR
+    pending = Home(tmp_path).pending_bodies
     pending.mkdir()
     body = pending / "k__2026__01__02__r1.json.gz"
     body.write_bytes(gzip.compress(b'{"id": "r1"}'))

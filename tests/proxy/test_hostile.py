@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from steward.bodies import writer as bodies
-from steward.bodies.writer import SPILL_AT, Capture, build_document
+from steward.bodies.document import build_document
+from steward.bodies.writer import SPILL_AT, Capture
 from steward.providers import FORMATS, Route
 from tests.support.bodies import stored_document
 from tests.support.daemon import Daemon, init_home, provider_env
