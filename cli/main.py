@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from steward.cli.options import HomeOption, JsonOption, out
 from steward.cli.telemetry import telemetry_app
 
 import steward
@@ -70,11 +70,6 @@ class KeyStore(enum.StrEnum):
     keyring = "keyring"
     file = "file"
 
-out = Console()
-HomeOption = Annotated[Path | None, typer.Option(
-    "--home", help="Steward home (default: $STEWARD_HOME, $STATE_DIRECTORY, or the user data "
-    "directory).", show_default=False)]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 def _home(home: Path | None) -> Path:

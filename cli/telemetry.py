@@ -15,21 +15,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from steward.cli.options import HomeOption, JsonOption, out
 
 from steward import db
 from steward.config import load_config, set_value
 from steward.daemon.telemetry import resolve, sealed_headers, store_headers
 from steward.errors import StewardError
-from steward.home import DB_FILE, require_home, resolve_home
+from steward.home import Home, require_home, resolve_home
 from steward.secrets import master_key
 
 telemetry_app = typer.Typer(no_args_is_help=True, help="OpenTelemetry export of spans and "
                             "GenAI metrics over OTLP/HTTP.")
-out = Console()
-HomeOption = Annotated[Path | None, typer.Option(
-    "--home", help="Steward home (default: $STEWARD_HOME, $STATE_DIRECTORY, or the user data "
-    "directory).", show_default=False)]
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110)
 MASK = "********"
 
@@ -78,7 +74,7 @@ def telemetry_set(
         if given is not None:
             set_value(target, f"telemetry.{key}", given)
     if values or clear_headers:
-        with contextlib.closing(db.connect(target / DB_FILE)) as conn:
+        with contextlib.closing(db.connect(Home(target).db)) as conn:
             vault, _ = master_key.open_vault(target, conn)
             stored = {} if clear_headers else sealed_headers(conn, vault)
             for name, value in values.items():
@@ -96,7 +92,7 @@ def telemetry_set(
 
 def _effective(target: Path) -> dict[str, object]:
     config = load_config(target)
-    with contextlib.closing(db.connect(target / DB_FILE)) as conn:
+    with contextlib.closing(db.connect(Home(target).db)) as conn:
         vault, _ = master_key.open_vault(target, conn)
         sealed = sealed_headers(conn, vault)
     settings = resolve(config.telemetry, os.environ, sealed)
@@ -113,8 +109,7 @@ def _effective(target: Path) -> dict[str, object]:
 
 
 @telemetry_app.command("show")
-def telemetry_show(home: HomeOption = None, as_json: Annotated[bool, typer.Option(
-        "--json", help="Machine-readable output.")] = False) -> None:
+def telemetry_show(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Where spans and metrics go ([telemetry] and OTEL_* variables); header values hidden."""
     shown = _effective(require_home(resolve_home(home)))
     if as_json:
