@@ -14,8 +14,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import tomlkit
-
 from .errors import ConfigError
 from .files import write_atomic
 
@@ -447,6 +445,8 @@ def set_value(home: Path, dotted: str, text: str) -> Any:
     stored: Any = text if "parse" in meta and isinstance(value, int | float) else value
     if isinstance(stored, tuple):
         stored = list(stored)
+    import tomlkit  # here, not at the top: only this command needs it, every command loads config
+
     try:
         doc = tomlkit.parse(path.read_text())
     except FileNotFoundError:
