@@ -1,14 +1,25 @@
 from __future__ import annotations
 
+import compileall
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import steward_cli
 
+import steward
 from tests.support.daemon import Daemon, init_home, provider_env
 from tests.support.fake_upstream import FakeUpstream
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Byte-compile Steward once, as pip does on install: the editable install does not, and
+    under PYTHONDONTWRITEBYTECODE (usual in containers) every `steward` process the suite starts
+    would otherwise compile each of its modules again."""
+    for directory in {p for p in (*steward.__path__, *steward_cli.__path__) if Path(p).is_dir()}:
+        compileall.compile_dir(directory, quiet=1)
 
 
 @pytest.fixture(scope="session")
