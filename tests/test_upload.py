@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import fcntl
 import json
 import os
 import signal
@@ -105,9 +106,15 @@ def test_a_rejected_batch_is_kept_aside_and_later_ones_flow(
         fresh_home: tuple[Path, str], upstream: FakeUpstream, collector: Collector) -> None:
     home, key = fresh_home
     collector.plan = [(400, {})]
+    # The uploader waits while this test holds its lock, so the first batch is exactly the
+    # first three records, however slowly the machine sends them.
+    lock = os.open(home / "spool" / "uploader.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     daemon = uploading_daemon(home, upstream, collector.url)
     try:
         first = send(daemon, key, 3)
+        wait_for(lambda: len(daemon.records()) == 3, 10, "the first records in the spool")
+        os.close(lock)
         wait_for(lambda: collector.uploads, 10, "the first upload")
         later = send(daemon, key, 4)
         wait_for(lambda: len(collector.accepted()) == 4, 10, "later batches")
