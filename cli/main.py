@@ -20,19 +20,22 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from steward import db, gateway_keys, master_key, pricing, provider_keys
-from steward.bodies import BODIES_STATUS, PENDING_DIR, PENDING_SUFFIX, read_document
-from steward.bucket import CREDENTIALS, bucket_settings, probe, store_credentials
+import steward
+from steward import db
+from steward.bodies.bucket import CREDENTIALS, bucket_settings, probe, store_credentials
+from steward.bodies.stores import LocalStore, open_store
+from steward.bodies.writer import BODIES_STATUS, PENDING_DIR, PENDING_SUFFIX, read_document
 from steward.config import effective_dict, load_config, parse_duration, set_value, with_server
-from steward.crypto import Vault
+from steward.daemon.logs import configure as configure_logging
 from steward.errors import StewardError
 from steward.home import DB_FILE, init_home, require_home, resolve_home
-from steward.logs import configure as configure_logging
-from steward.spool import read_records
-from steward.storage import LocalStore, open_store
-from steward.upload import backlog, lock_is_free
-from steward.upload_formats import UPLOAD_TOKEN, majordomo_ingest_url, make_uploader
-from steward.usage_report import Group, check_grouping, parse_since, summarize
+from steward.pricing import pricer as pricing
+from steward.records.formats import UPLOAD_TOKEN, majordomo_ingest_url, make_uploader
+from steward.records.report import Group, check_grouping, parse_since, summarize
+from steward.records.spool import read_records
+from steward.records.upload import backlog, lock_is_free
+from steward.secrets import gateway_keys, master_key, provider_keys
+from steward.secrets.crypto import Vault
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="Steward: a self-hosted gateway for OpenAI, Anthropic and Gemini.")
@@ -84,19 +87,9 @@ def _vault(home: Path, conn: sqlite3.Connection) -> Vault:
     return vault
 
 
-def _version() -> str:
-    """From the installed package's metadata (also inside the zipapp, which ships it)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("steward")
-    except PackageNotFoundError:  # run from a bare source tree: say so rather than guess
-        return "unknown (no package metadata; install Steward to get one)"
-
-
 def _print_version(value: bool) -> None:
     if value:
-        print(f"steward {_version()}")
+        print(f"steward {steward.__version__}")
         raise typer.Exit()
 
 
@@ -155,7 +148,7 @@ def run(home: HomeOption = None,
         port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
         workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None) -> None:
     """Start the gateway (foreground; Ctrl-C or SIGTERM stops it)."""
-    from steward.server import serve
+    from steward.daemon.server import serve
 
     target = _home(home)
     config = with_server(load_config(target), host=host, port=port, workers=workers)
@@ -603,8 +596,8 @@ def pricing_unset(model: Annotated[str, typer.Argument(help="Model name")],
 
 @pricing_app.command("show")
 def pricing_show(model: Annotated[str | None, typer.Argument(help="One model")] = None,
-                 provider: Annotated[str | None, typer.Option(help="openai, anthropic or "
-                                                              "gemini")] = None,
+                 provider: Annotated[str | None, typer.Option(help="A wire format's name, e.g. "
+                                                              "openai")] = None,
                  home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Prices per million tokens, and where each came from (bundled, updated, override)."""
     from decimal import Decimal
@@ -820,7 +813,7 @@ def bucket_lifecycle(home: HomeOption = None,
 @app.command()
 def doctor(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Check config, home, master key, database, bucket, upload endpoint, ports, providers."""
-    from steward.doctor import run_checks
+    from steward.daemon.doctor import run_checks
 
     target = resolve_home(home)
     checks = run_checks(target)

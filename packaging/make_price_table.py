@@ -1,4 +1,4 @@
-"""Regenerate steward/data/prices.json from the price table inside LiteLLM's wheel.
+"""Regenerate steward/pricing/data/prices.json from the price table inside LiteLLM's wheel.
 
 LiteLLM (MIT licensed) ships model_prices_and_context_window_backup.json in its wheel, so this
 needs only the package index:  python packaging/make_price_table.py [--wheel PATH]
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from steward.price_table import BUNDLED, reduce  # noqa: E402
+from steward.pricing.table import BUNDLED, reduce  # noqa: E402
 
 MEMBER = "litellm/model_prices_and_context_window_backup.json"
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .files import write_atomic
+from steward import providers
+from steward.errors import ConfigError
+from steward.files import write_atomic
 
 CONFIG_FILE = "steward.toml"
 ENV_PREFIX = "STEWARD_"
-WIRE_FORMATS = ("openai", "anthropic", "gemini")
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
                "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
@@ -115,8 +115,10 @@ def _log_format(v: str) -> None:
 
 
 def _wire_format(v: str) -> None:
-    if v not in WIRE_FORMATS:
-        raise ValueError(f"must be one of {', '.join(WIRE_FORMATS)}")
+    if providers.find(v) is None:
+        raise ValueError(f"must be one of {', '.join(sorted(providers.FORMATS))} (or a format "
+                         f"an installed package registers as a {providers.ENTRY_POINT_GROUP!r} "
+                         "entry point)")
 
 
 SIZE = {"parse": parse_size}
@@ -138,7 +140,8 @@ class ServerConfig:
 class ProviderConfig:
     """One upstream. Any name works; `format` says which wire format it speaks."""
 
-    format: str = field(default="openai", metadata={"check": _wire_format})
+    format: str = field(default_factory=lambda: providers.default_format().name,
+                        metadata={"check": _wire_format})
     base_url: str = field(default="", metadata={"check": _http_url})
     # False: Steward replaces whatever credential the caller sends with the stored key.
     allow_caller_credentials: bool = True
@@ -249,10 +252,10 @@ class PricingConfig:
     refresh_interval: float = field(default=0.0, metadata=DURATION)  # 0: never by itself
 
 
+# The built-in providers: one per built-in wire format, under the format's name.
 DEFAULT_PROVIDERS: dict[str, ProviderConfig] = {
-    "openai": ProviderConfig("openai", "https://api.openai.com/v1"),
-    "anthropic": ProviderConfig("anthropic", "https://api.anthropic.com"),
-    "gemini": ProviderConfig("gemini", "https://generativelanguage.googleapis.com"),
+    name: ProviderConfig(name, providers.FORMATS[name].default_base_url)
+    for name in providers.BUILT_IN
 }
 
 _SECTIONS: dict[str, type] = {
@@ -355,7 +358,7 @@ def build_config(home: Path, raw: Mapping[str, Any], source: str) -> Config:
                               f"(valid: {', '.join(sorted(known))})")
     sections = {name: _build_section(cls, raw.get(name, {}), f"{source}: {name}")
                 for name, cls in _SECTIONS.items()}
-    providers = dict(DEFAULT_PROVIDERS)
+    found = dict(DEFAULT_PROVIDERS)
     raw_providers = raw.get("providers", {})
     if not isinstance(raw_providers, Mapping):
         raise ConfigError(f"{source}: providers: expected a table of providers")
@@ -366,13 +369,18 @@ def build_config(home: Path, raw: Mapping[str, Any], source: str) -> Config:
         where = f"{source}: providers.{name}"
         if not isinstance(table, Mapping):
             raise ConfigError(f"{where}: expected a table")
-        base = providers.get(name)
+        base = found.get(name)
         merged = {**({"format": base.format, "base_url": base.base_url} if base else {}), **table}
+        named = merged.get("format")
+        plugin = isinstance(named, str) and named not in providers.BUILT_IN
+        fmt = providers.find(named) if plugin else None
+        if not merged.get("base_url") and fmt is not None:
+            merged["base_url"] = getattr(fmt, "default_base_url", "")  # the plugin's default
         if not merged.get("base_url"):
             raise ConfigError(f"{where}.base_url: required for a provider Steward does not know")
-        providers[name] = _build_section(ProviderConfig, merged, where)
-    for name in WIRE_FORMATS:
-        if providers[name].format != name:
+        found[name] = _build_section(ProviderConfig, merged, where)
+    for name in DEFAULT_PROVIDERS:
+        if found[name].format != name:
             raise ConfigError(f"{source}: providers.{name}.format: the built-in provider "
                               f"{name} always speaks the {name} format")
     limits = sections["limits"]
@@ -381,7 +389,7 @@ def build_config(home: Path, raw: Mapping[str, Any], source: str) -> Config:
                           f"({limits.max_buffered_body_bytes} bytes) must be at least "
                           f"limits.max_body_bytes ({limits.max_body_bytes} bytes), or a body "
                           "Steward accepts could never be held")
-    return Config(home=home, providers=providers, **sections)
+    return Config(home=home, providers=found, **sections)
 
 
 def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import sqlite3
 import uuid
 from pathlib import Path
 
-from .errors import StewardError
+from steward.errors import StewardError
 
 MIGRATIONS: list[str] = [
     # 1: gateway keys, stored as a SHA-256 of a 256-bit random secret.

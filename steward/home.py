@@ -10,9 +10,9 @@ from pathlib import Path
 
 import platformdirs
 
-from . import db
-from .config import CONFIG_FILE, DEFAULT_TOML, write_private
-from .errors import StewardError
+from steward import db
+from steward.config import CONFIG_FILE, DEFAULT_TOML, write_private
+from steward.errors import StewardError
 
 DB_FILE = "steward.db"
 SUBDIRS = ("spool", "bodies")

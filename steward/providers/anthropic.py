@@ -5,8 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..usage import Reading, Usage, as_int, dig
-from .base import Route, WireFormat, endpoints, find_endpoint, loads, scoped, stream_error
+from steward.providers.base import (
+    Route,
+    WireFormat,
+    endpoints,
+    find_endpoint,
+    loads,
+    scoped,
+    stream_error,
+)
+from steward.providers.usage import Reading, Usage, as_int, dig
 
 INFERENCE = endpoints(
     ("POST", r"/v1/messages", "messages"),
@@ -96,6 +104,10 @@ class _MessagesStream:
 class AnthropicFormat(WireFormat):
     name = "anthropic"
     credential_headers = (b"x-api-key", b"authorization")
+    default_base_url = "https://api.anthropic.com"
+    paths_help = "Anthropic: /v1/messages"
+    detection_rank = 20
+    price_providers = ("anthropic",)
 
     def owns(self, path: str) -> bool:
         # /v1/models and /v1/files are OpenAI's unless X-Majordomo-Provider says anthropic.

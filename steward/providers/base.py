@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import re
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
+from urllib.parse import parse_qsl, urlencode
 
-from ..streams import MAX_SSE_LINE, SSEParser
-from ..usage import Reading, dig
+from steward.providers.streams import MAX_SSE_LINE, SSEParser
+from steward.providers.usage import Reading, dig
 
 # Non-streamed bodies larger than this are relayed but not parsed for usage; nor is a
 # compressed body past this size decompressed.
@@ -82,6 +84,23 @@ class StreamReader(Protocol):
     def finish(self, reading: Reading) -> None: ...
 
 
+def rewrite_query(query: bytes, names: Collection[str], replacement: str | None
+                  ) -> tuple[list[str], bytes]:
+    """The values of the named query parameters (credentials, such as Gemini's `key`), and the
+    query with each replaced by `replacement` or, for None, removed. A query without any of
+    them comes back byte for byte. Names are matched as the upstream decodes them, so a
+    percent-escaped `k%65y=` is the same parameter as `key=`."""
+    if b"%" not in query and not any(f"{name}=".encode() in query for name in names):
+        return [], query
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    found = [v for k, v in pairs if k in names]
+    if not found:
+        return [], query
+    kept = [(k, replacement if k in names else v) for k, v in pairs
+            if replacement is not None or k not in names]
+    return found, urlencode(kept).encode()
+
+
 def loads(data: bytes) -> Any:
     """JSON from an upstream, or None for anything else (nested too deep included)."""
     try:
@@ -91,9 +110,29 @@ def loads(data: bytes) -> Any:
 
 
 class WireFormat:
+    """Everything Steward knows of one wire format; nothing outside the format's module names
+    a format. A subclass sets the class attributes and implements the methods that raise."""
+
     name: ClassVar[str]
-    # Request headers (lower-case) that carry the caller's provider credential.
+    # Request headers (lower-case) that carry the caller's provider credential; the first is
+    # the one a stored key is injected in.
     credential_headers: ClassVar[tuple[bytes, ...]]
+    # A query parameter that may carry the credential instead (Gemini's `?key=`), or None.
+    credential_param: ClassVar[str | None] = None
+    # Where the built-in provider of this name sends requests (overridable in steward.toml).
+    default_base_url: ClassVar[str]
+    # The paths it answers, for the message a caller gets for an unknown path.
+    paths_help: ClassVar[str]
+    # Path detection tries formats in ascending rank: a format whose paths are a subset of
+    # another's shapes (Gemini's /v1/models/{m}:{method} within OpenAI's /v1/models/{id})
+    # ranks lower so it is asked first.
+    detection_rank: ClassVar[int] = 100
+    # The format assumed when nothing says which one: the error shape for an unknown path or a
+    # refused key, and the format of a configured upstream that names none. One format, the
+    # most widely spoken, sets this.
+    is_default: ClassVar[bool] = False
+    # The `litellm_provider` values in LiteLLM's price table whose models this format serves.
+    price_providers: ClassVar[tuple[str, ...]] = ()
 
     def route(self, method: str, path: str) -> Route | None:
         """The route for a path this format claims when no provider is named, else None."""
@@ -113,7 +152,13 @@ class WireFormat:
         raise NotImplementedError
 
     def error_body(self, status: int, message: str) -> bytes:
+        """A JSON error in this provider's own shape, so the caller's SDK raises its usual
+        exception with Steward's message."""
         raise NotImplementedError
+
+    def is_stream(self, route: Route, content_type: str) -> bool:
+        """Whether a response is a stream (recorded as `stream`, timed to the first chunk)."""
+        return content_type.startswith("text/event-stream")
 
     def read_json(self, obj: Any, reading: Reading) -> None:
         """Fill usage and model from a complete, successful JSON response."""

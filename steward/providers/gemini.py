@@ -9,9 +9,9 @@ import json
 import re
 from typing import Any
 
-from ..streams import MAX_SSE_LINE, JsonArrayScanner
-from ..usage import Reading, Usage, as_int, dig
-from .base import Meter, Route, WireFormat, loads, scoped, stream_error
+from steward.providers.base import Meter, Route, WireFormat, loads, scoped, stream_error
+from steward.providers.streams import MAX_SSE_LINE, JsonArrayScanner
+from steward.providers.usage import Reading, Usage, as_int, dig
 
 INFERENCE_METHODS = {"generateContent", "streamGenerateContent", "countTokens", "embedContent",
                      "batchEmbedContents"}
@@ -107,6 +107,11 @@ class _ArrayMeter(_LastUsage):
 class GeminiFormat(WireFormat):
     name = "gemini"
     credential_headers = (b"x-goog-api-key",)
+    credential_param = "key"
+    default_base_url = "https://generativelanguage.googleapis.com"
+    paths_help = "Gemini: /v1beta/models/{model}:{method}"
+    detection_rank = 10  # /v1/models/{model}:{method} would otherwise look like OpenAI's
+    price_providers = ("gemini",)
 
     def owns(self, path: str) -> bool:
         if path.startswith(("/v1beta/", "/v1alpha/", "/upload/")):
@@ -138,6 +143,11 @@ class GeminiFormat(WireFormat):
 
     def read_json(self, obj: Any, reading: Reading) -> None:
         _read_element(obj, reading)
+
+    def is_stream(self, route: Route, content_type: str) -> bool:
+        # Without ?alt=sse a stream is one JSON array sent element by element.
+        return route.endpoint == "streamGenerateContent" or super().is_stream(route,
+                                                                              content_type)
 
     def stream_reader(self, route: Route) -> _SSEStream:
         return _SSEStream()

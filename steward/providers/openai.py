@@ -10,8 +10,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..usage import Reading, Usage, as_int, dig
-from .base import Route, WireFormat, endpoints, find_endpoint, loads, scoped, stream_error
+from steward.providers.base import (
+    Route,
+    WireFormat,
+    endpoints,
+    find_endpoint,
+    loads,
+    scoped,
+    stream_error,
+)
+from steward.providers.usage import Reading, Usage, as_int, dig
 
 _ID = r"/[^/]+"
 INFERENCE = endpoints(
@@ -149,6 +157,12 @@ class _ResponsesStream:
 class OpenAIFormat(WireFormat):
     name = "openai"
     credential_headers = (b"authorization",)
+    default_base_url = "https://api.openai.com/v1"
+    paths_help = ("OpenAI: /v1/chat/completions, /v1/completions, /v1/responses, "
+                  "/v1/embeddings, /v1/models, /v1/moderations, /v1/audio/*, /v1/images/*")
+    detection_rank = 30  # claims the most general shapes, so it is asked last
+    is_default = True  # the API most SDKs and tools speak
+    price_providers = ("openai", "text-completion-openai")
 
     def owns(self, path: str) -> bool:
         return _first_segment(_strip_version(path)) in _OWNED

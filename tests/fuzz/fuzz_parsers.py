@@ -3,8 +3,9 @@
 Run by `make fuzz` (FUZZ_SECONDS bounds it). Each input picks a format, route and content type,
 and a way to cut the bytes (see parsers_target.py); the target checks that nothing raises and
 that the cut never changes the result. The seed corpus reaches every meter, which
-tests/test_fuzz_seeds.py checks without atheris. A finding is written as crash-<hash> in the
-working directory; replay it with `python tests/fuzz/fuzz_parsers.py crash-<hash>`.
+tests/providers/test_fuzz_seeds.py checks without atheris. A finding is written as
+crash-<hash> in the working directory; replay it with
+`python tests/fuzz/fuzz_parsers.py crash-<hash>`.
 """
 
 from __future__ import annotations

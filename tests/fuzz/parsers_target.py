@@ -15,8 +15,8 @@ from pathlib import Path
 
 from steward.providers import FORMATS
 from steward.providers.base import Meter, Route, WireFormat
-from steward.streams import JsonArrayScanner, SSEParser
-from steward.usage import Reading
+from steward.providers.streams import JsonArrayScanner, SSEParser
+from steward.providers.usage import Reading
 
 FORMAT_NAMES = sorted(FORMATS)
 ROUTES = [Route("chat/completions", "/chat/completions"), Route("responses", "/responses"),

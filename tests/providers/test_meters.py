@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from steward.providers import FORMATS
 from steward.providers.base import DecodingMeter, Route
-from steward.usage import Reading, Usage
+from steward.providers.usage import Reading, Usage
+from tests.providers.test_streams import split_bytes, splits
 from tests.support.fake_upstream import FakeUpstream
-from tests.test_streams import split_bytes, splits
 
 fake = FakeUpstream()
 CHAT = Usage(25, 12, 5, 0, None, None, 4, None)

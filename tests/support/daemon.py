@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steward.spool import read_records
+from steward.records.spool import read_records
 
 STEWARD = str(Path(sys.executable).with_name("steward"))
 

@@ -1,6 +1,6 @@
 """Majordomo's ingest record and the rules Go's encoding/json applies to it, in Python.
 
-The same facts as tests/go/majordomo_ingest/main.go (field names, Go types, json tags of the
+The same facts as tests/records/go/majordomo_ingest/main.go (field names, Go types, json tags of the
 control plane's ingest.MetadataRecord), for machines without Go. Where Go is lenient (it matches
 names case-insensitively) this is strict, so anything that passes here decodes there.
 """

@@ -1,0 +1,1 @@
+"""Request and response bodies: the document, the background writer, the stores."""

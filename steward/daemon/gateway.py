@@ -1,0 +1,324 @@
+"""The daemon's long-lived state: configuration, upstream pools, key index, spool, background
+tasks. Built once per worker process; the proxy reads it, background tasks refresh it."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import sqlite3
+import time
+from contextlib import suppress
+from typing import Any
+
+import aiohttp
+import httpx
+
+from steward import db
+from steward.bodies.bucket import bucket_settings
+from steward.bodies.stores import LocalStore, open_store
+from steward.bodies.writer import PENDING_DIR, BodyWriter
+from steward.config import Config, load_config
+from steward.daemon import allocator
+from steward.daemon.metrics import Metrics
+from steward.daemon.supervisor import InProcessReporter, Reporter
+from steward.errors import StewardError
+from steward.home import DB_FILE
+from steward.pricing import pricer as pricing
+from steward.pricing.pricer import Pricer
+from steward.proxy.pipeline import Proxy
+from steward.proxy.routing import Router
+from steward.proxy.upstream import make_session
+from steward.records.formats import UPLOAD_TOKEN, make_uploader
+from steward.records.spool import Spool
+from steward.records.upload import Uploader
+from steward.secrets import gateway_keys, master_key, provider_keys
+from steward.secrets.crypto import DecryptError, Vault
+from steward.secrets.gateway_keys import KeyIndex
+from steward.secrets.provider_keys import CredentialIndex
+
+log = logging.getLogger("steward")
+
+# Adds, revokes and expiries are seen within this (the promise is 5 s). Tests that must tell a
+# SIGHUP's reload from the poll's set STEWARD_KEY_REFRESH_SECONDS to something long.
+KEY_REFRESH_SECONDS = float(os.environ.get("STEWARD_KEY_REFRESH_SECONDS", "2"))
+GAUGE_PUBLISH_SECONDS = 5.0
+BODY_SWEEP_SECONDS = 3600.0  # several workers: how old another worker's gauges may be
+
+
+class Gateway:
+    def __init__(self, config: Config):
+        self.config = config
+        self.router = Router(config.providers)
+        self.keys = KeyIndex()
+        self.credentials = CredentialIndex()
+        self._vault: Vault | None = None
+        meta = config.metadata
+        self.spool = Spool(config.home / "spool", config.fsync_interval,
+                           meta.segment_max_bytes, meta.segment_max_age)
+        self.uploader: Uploader | None = None
+        self.bodies: BodyWriter | None = None
+        self.sessions: dict[str, aiohttp.ClientSession] = {}
+        self.proxy: Proxy | None = None
+        self._db: sqlite3.Connection | None = None
+        self._data_version = -1
+        self._prices_mtime = -1
+        self._pricer: Pricer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.metrics = Metrics(self.gauges)
+        self.ready = False
+        self.reporter: Reporter = InProcessReporter()  # a worker of several gets its own
+
+    async def start(self) -> None:
+        allocator.tune()
+        if os.environ.get("STEWARD_ASYNCIO_DEBUG") == "1":
+            # Every callback that holds the loop for 25 ms or more is logged: the test suite
+            # runs its shared daemon this way and fails on any such line. 25 ms, not less: on
+            # two cores shared with the test client, ordinary request steps (ending a request
+            # that held a 30 MiB body, say) measured 11-12 ms in a clean CI run; a blocking
+            # fsync, query or sleep still shows.
+            loop = asyncio.get_running_loop()
+            loop.set_debug(True)
+            loop.slow_callback_duration = 0.025
+        self._db = await asyncio.to_thread(db.connect, self.config.home / DB_FILE)
+        self._vault, _ = await asyncio.to_thread(master_key.open_vault, self.config.home,
+                                                 self._db)
+        await asyncio.to_thread(self._refresh_keys)
+        self.sessions = {name: make_session(self.config.limits) for name in self.router.upstreams}
+        if self.config.bodies.enabled:
+            store = await asyncio.to_thread(open_store, bucket_settings(self.config, self._db,
+                                                                        self._vault))
+            b = self.config.bodies
+            guard = store.root if isinstance(store, LocalStore) else self.config.home / \
+                PENDING_DIR  # the only bodies written locally
+            self.bodies = BodyWriter(store, self.config.home, workers=b.workers,
+                                     queue_bytes=b.queue_bytes,
+                                     flush_interval=self.config.bodies_fsync_interval,
+                                     guard_dir=guard, min_free=b.min_free)
+            self.bodies.start()
+            if isinstance(store, LocalStore) and b.retention:
+                self._tasks.append(asyncio.create_task(self._sweep_bodies(store, b.retention)))
+        limits = self.config.limits
+        self.proxy = Proxy(self.router, self.keys, self.credentials, self.sessions, self.spool,
+                           self._pricer, self.bodies, self.metrics, limits)
+        self._tasks = [asyncio.create_task(self._keep_keys_fresh()),
+                       asyncio.create_task(self.spool.run_fsync()),
+                       asyncio.create_task(self.spool.run_retry())]
+        self._tasks.append(asyncio.create_task(self._report()))
+        if self.config.pricing.refresh_interval > 0:
+            self._tasks.append(asyncio.create_task(self._refresh_prices()))
+        if self.config.metadata.upload_url:
+            token = await asyncio.to_thread(provider_keys.get_secret, self._db, self._vault,
+                                            UPLOAD_TOKEN)
+            self._start_uploader(self.config, token)
+        # Everything loaded so far (frameworks, SDKs, the price table) lives as long as the
+        # process: out of the collector's reach, a full collection scans only what requests
+        # made, instead of pausing the loop for tens of ms to walk it all again.
+        gc.collect()
+        gc.freeze()
+        self.ready = True
+        # The listener is bound before start-up begins; this says "serving" (READY=1 once
+        # every worker has said it).
+        self.reporter.beat(self.gauges())
+
+
+    async def stop(self) -> None:
+        """After in-flight requests have drained: flush bodies, the spool and key usage."""
+        self.ready = False
+        self.reporter.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(*(s.close() for s in self.sessions.values()))
+        if self.bodies is not None:
+            await self.bodies.stop()
+            await asyncio.to_thread(self.bodies.write_status, self.config.home)  # the final word
+        await asyncio.to_thread(self._flush_last_used)
+        await self.spool.sync()
+        self.spool.close()
+        if self._db is not None:
+            self._db.close()
+        self.metrics.worker_exiting()
+
+    def _refresh_keys(self) -> None:
+        """Reload keys, provider keys and prices when the CLI has changed them."""
+        assert self._db is not None
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        active = self.config.home / pricing.ACTIVE_TABLE
+        mtime = active.stat().st_mtime_ns if active.exists() else 0
+        if version != self._data_version or mtime != self._prices_mtime:
+            self._pricer = pricing.load_pricer(self.config.home, self._db)
+            self._prices_mtime = mtime
+            if self.proxy is not None:
+                self.proxy.pricer = self._pricer
+        if version != self._data_version:
+            assert self._vault is not None
+            self.keys.by_hash = gateway_keys.load_hashes(self._db)
+            try:
+                self.credentials.keys = provider_keys.load_all(self._db, self._vault)
+            except DecryptError:  # the master key was rotated: find the new one
+                self._vault, _ = master_key.open_vault(self.config.home, self._db)
+                self.credentials.keys = provider_keys.load_all(self._db, self._vault)
+            self._data_version = version
+
+    def _flush_last_used(self) -> None:
+        if self._db is None:
+            return
+        used = self.keys.take_last_used()
+        provider_used = self.credentials.take_last_used()
+        try:
+            if used:
+                gateway_keys.record_last_used(self._db, used.items())
+            if provider_used:
+                provider_keys.record_last_used(self._db, provider_used.items())
+        except sqlite3.Error:  # e.g. a full disk: keep the times for the next try
+            for key_id, at in used.items():
+                self.keys.last_used[key_id] = max(at, self.keys.last_used.get(key_id, at))
+            for ref, at in provider_used.items():
+                self.credentials.last_used[ref] = max(at, self.credentials.last_used.get(ref, at))
+            raise
+
+    def gauges(self) -> dict[str, float]:
+        bodies = self.bodies.status() if self.bodies else {}
+        upload = self.uploader.status if self.uploader else {}
+        spool = self.spool.status()
+        return {"requests_served": self.proxy.served if self.proxy else 0,
+                "request_body_bytes_buffered": self.proxy.buffered_bytes if self.proxy else 0,
+                "body_queue_depth": bodies.get("queued", 0),
+                "body_queue_bytes": bodies.get("queued_bytes", 0),
+                "bodies_pending_on_disk": bodies.get("pending", 0),
+                "body_upload_failures": bodies.get("failures", 0),
+                "spool_write_errors": self.spool.errors,
+                "spool_held_records": spool["held_records"],
+                "spool_records_lost": self.spool.lost,
+                "bodies_held_in_memory": bodies.get("held", 0),
+                "bodies_lost": bodies.get("lost", 0),
+                "bodies_refused_low_space": bodies.get("refused_low_space", 0),
+                "spool_backlog_bytes": upload.get("backlog_bytes", 0),
+                # 1 in the one worker that holds spool/uploader.lock: the sum is 1 when uploads
+                # run, 0 when an upload URL is set and nobody could take the lock.
+                "metadata_uploader_active": 1 if upload.get("lock_held") else 0,
+                "metadata_upload_failures": upload.get("failures", 0)}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready to serve; degraded storage or upload is reported, not a failure."""
+        bodies = self.bodies.status() if self.bodies else {"enabled": False}
+        upload = dict(self.uploader.status) if self.uploader else {"enabled": False}
+        degraded = []
+        spool = self.spool.status()
+        if (bodies.get("pending") or bodies.get("held") or bodies.get("failing")
+                or bodies.get("refusing")):
+            degraded.append("body storage")
+        if upload.get("last_error"):
+            degraded.append("metadata upload")
+        if spool["held_records"]:
+            degraded.append("metadata spool")
+        return self.ready, {"ready": self.ready, "degraded": degraded, "bodies": bodies,
+                            "upload": upload, "spool": spool}
+
+    async def _sweep_bodies(self, store: LocalStore, retention: float) -> None:
+        """bodies.retention: whole days past it are deleted at start-up, then hourly."""
+        while True:
+            try:
+                days, files = await asyncio.to_thread(store.sweep, retention, time.time())
+                if days:
+                    log.info("bodies.retention: deleted %d bodies in %d day directories older "
+                             "than %gd", files, days, retention / 86400)
+            except OSError as exc:
+                log.error("bodies.retention: sweeping %s failed (will retry): %s", store.root,
+                          exc)
+            await asyncio.sleep(BODY_SWEEP_SECONDS)
+
+    def _start_uploader(self, config: Config, token: str | None) -> None:
+        self.uploader = make_uploader(config, token)
+        self._upload_task = asyncio.create_task(self.uploader.run())
+        self._tasks.append(self._upload_task)
+
+    async def _stop_uploader(self) -> None:
+        if self.uploader is None:
+            return
+        self._upload_task.cancel()
+        with suppress(asyncio.CancelledError):
+            await self._upload_task
+        self._tasks.remove(self._upload_task)
+        self.uploader = None
+
+    async def _report(self) -> None:
+        """Every interval, from this event loop: "still answering", with this worker's figures
+        (systemd's watchdog depends on it); shared metric gauges every few seconds."""
+        published = 0.0
+        while True:
+            await asyncio.sleep(self.reporter.interval)
+            self.reporter.beat(self.gauges())
+            now = time.monotonic()
+            if now - published >= GAUGE_PUBLISH_SECONDS:
+                self.metrics.publish_gauges()
+                published = now
+
+    def draining(self) -> None:
+        """SIGTERM: streams cut from now on are cut by the drain."""
+        if self.proxy is not None:
+            self.proxy.draining = self.config.server.drain_timeout
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read steward.toml, keys, provider keys and prices; keep connections."""
+        try:
+            new = await asyncio.to_thread(load_config, self.config.home)
+        except StewardError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        old = self.config
+        if new.providers != old.providers or new.limits != old.limits:
+            self.router = Router(new.providers)
+            self.sessions = {name: make_session(new.limits) for name in self.router.upstreams}
+            if self.proxy is not None:
+                # Requests from now on use the new pools; each old pool closes when the last
+                # request using it ends, so a stream in flight runs on undisturbed.
+                self.proxy.configure(self.router, self.sessions, new.limits)
+        if new.metadata != old.metadata and self._db is not None:
+            await self._stop_uploader()  # releases spool/uploader.lock for the new one
+            if new.metadata.upload_url:
+                token = await asyncio.to_thread(provider_keys.get_secret, self._db,
+                                                self._vault, UPLOAD_TOKEN)
+                self._start_uploader(new, token)
+        for section in ("server", "bodies"):
+            if getattr(new, section) != getattr(old, section):
+                log.warning("[%s] changed: restart Steward to apply it", section)
+        self.config = new
+        self._data_version = self._prices_mtime = -1  # force a reload of keys and prices
+        await asyncio.to_thread(self._refresh_keys)
+        log.info("configuration, keys and prices reloaded")
+
+    async def _refresh_prices(self) -> None:
+        """pricing.refresh_interval: fetch the table; a bad download keeps the last good one."""
+        async with httpx.AsyncClient(timeout=60, follow_redirects=True) as client:
+            while True:
+                await asyncio.sleep(self.config.pricing.refresh_interval)
+                url = self.config.pricing.url
+                try:
+                    response = await client.get(url)
+                    response.raise_for_status()
+                    table = await asyncio.to_thread(pricing.install_table, self.config.home,
+                                                    response.content, url)
+                    log.info("price table refreshed from %s (version %s)", url,
+                             table["version"])
+                except (httpx.HTTPError, StewardError) as exc:
+                    log.error("price table refresh from %s failed, keeping the current one: "
+                              "%s", url, exc)
+
+    async def _keep_keys_fresh(self) -> None:
+        while True:
+            await asyncio.sleep(KEY_REFRESH_SECONDS)
+            try:
+                await asyncio.to_thread(self._flush_last_used)
+            except sqlite3.Error as exc:
+                log.warning("could not record when keys were last used (will retry): %s", exc)
+            try:
+                await asyncio.to_thread(self._refresh_keys)
+            except (sqlite3.Error, StewardError) as exc:
+                log.error("could not refresh keys from the database: %s", exc)
+            if self.bodies is not None:
+                await asyncio.to_thread(self.bodies.write_status, self.config.home)

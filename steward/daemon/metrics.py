@@ -1,0 +1,119 @@
+"""Prometheus metrics, in the text format prometheus-client writes.
+
+Counters and histograms are updated once per request from its metadata record; queue and
+backlog gauges are read from the gateway at scrape time. With several workers (the server sets
+PROMETHEUS_MULTIPROC_DIR before they start), every worker writes its values to shared files and
+a scrape, whichever worker answers it, sums them all; each worker publishes its gauges there
+every few seconds, so other workers' gauges can be that old.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from steward.records.record import Record
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TOKEN_KINDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+               "reasoning_tokens")
+
+
+class _Gauges(Collector):
+    def __init__(self, read: Callable[[], dict[str, float]]):
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, value in self.read().items():
+            yield GaugeMetricFamily(f"steward_{name}", name.replace("_", " "), value=value)
+
+
+class Metrics:
+    def __init__(self, gauges: Callable[[], dict[str, float]]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("steward_requests", "Requests by provider, endpoint and status",
+                                ["provider", "endpoint", "status"], registry=r)
+        self.latency = Histogram("steward_request_duration_seconds", "Time to the last byte",
+                                 ["provider"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttfb = Histogram("steward_time_to_first_byte_seconds",
+                              "Streams: time to the first byte", ["provider"],
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("steward_tokens", "Tokens by provider, model and kind",
+                              ["provider", "model", "kind"], registry=r)
+        self.cost = Counter("steward_cost_usd", "Cost in US dollars by provider and model",
+                            ["provider", "model"], registry=r)
+        # Requests without a valid gateway key: counted here only, never in the series above.
+        self.auth_refusals = Counter("steward_auth_refusals",
+                                     "Requests refused for a missing or invalid gateway key",
+                                     ["reason"], registry=r)
+        for reason in ("missing", "invalid"):
+            self.auth_refusals.labels(reason)
+        self.unreadable = Counter("steward_usage_unreadable",
+                                  "Responses whose usage could not be read, by provider",
+                                  ["provider"], registry=r)
+        self.read_gauges = gauges
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
+        self._shared_gauges: dict[str, Gauge] = {}
+        if self.multiprocess:
+            self.registry = CollectorRegistry()  # what a scrape shows: every worker's files
+            multiprocess.MultiProcessCollector(self.registry)
+        else:
+            r.register(_Gauges(gauges))
+
+    def publish_gauges(self) -> None:
+        """Several workers: write this worker's gauges where every worker's scrape sees them."""
+        if not self.multiprocess:
+            return
+        for name, value in self.read_gauges().items():
+            gauge = self._shared_gauges.get(name)
+            if gauge is None:
+                gauge = self._shared_gauges[name] = Gauge(
+                    f"steward_{name}", name.replace("_", " "), registry=None,
+                    multiprocess_mode="livesum")
+            gauge.set(value)
+
+    def worker_exiting(self) -> None:
+        """Drop this worker's gauges from the sums (its counters stay counted)."""
+        if self.multiprocess:
+            multiprocess.mark_process_dead(os.getpid())
+
+    def observe(self, record: Record) -> None:
+        provider = record.get("provider") or "none"
+        self.requests.labels(provider, record.get("endpoint") or "none",
+                             str(record.get("status"))).inc()
+        if record.get("latency_ms") is not None:
+            self.latency.labels(provider).observe(record["latency_ms"] / 1000)
+        if record.get("ttft_ms") is not None:
+            self.ttfb.labels(provider).observe(record["ttft_ms"] / 1000)
+        if (record.get("error") or "").startswith("usage_unreadable"):
+            self.unreadable.labels(provider).inc()
+        model = record.get("response_model") or record.get("model")
+        if model is None or record.get("input_tokens") is None:
+            return
+        for kind in TOKEN_KINDS:
+            if record.get(kind):
+                self.tokens.labels(provider, model, kind.removesuffix("_tokens")).inc(
+                    record[kind])
+        if record.get("cost") is not None:
+            self.cost.labels(provider, model).inc(float(Decimal(record["cost"])))
+
+    def refused(self, reason: str) -> None:
+        self.auth_refusals.labels(reason).inc()
+
+    def render(self) -> bytes:
+        self.publish_gauges()  # this worker's are current; the others' a few seconds old
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""The metadata record once written: the spool, its upload in batches and the usage report."""

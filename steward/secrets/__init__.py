@@ -1,0 +1,1 @@
+"""Keys and sealed secrets: the master key, provider keys, gateway keys."""
