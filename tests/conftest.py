@@ -7,9 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import steward_cli
+import steward.cli
 
-import steward
 from tests.support.daemon import Daemon, init_home, provider_env
 from tests.support.fake_upstream import FakeUpstream
 
@@ -18,8 +17,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Byte-compile Steward once, as pip does on install: the editable install does not, and
     under PYTHONDONTWRITEBYTECODE (usual in containers) every `steward` process the suite starts
     would otherwise compile each of its modules again."""
-    for directory in {p for p in (*steward.__path__, *steward_cli.__path__) if Path(p).is_dir()}:
-        compileall.compile_dir(directory, quiet=1)
+    for package in (steward, steward.cli):  # the CLI's package lives in cli/
+        compileall.compile_dir(Path(package.__file__).parent, quiet=1)
 
 
 @pytest.fixture(scope="session")
