@@ -22,9 +22,13 @@ run: $(VENV)/.installed
 	$(BIN)/steward init --quiet-if-exists
 	$(BIN)/steward run
 
+# A test mostly waits on the steward processes it starts, so one pytest keeps one core busy:
+# pytest-xdist runs the files on every core, a whole file per worker (its module fixtures and
+# its order hold). Tests marked `alone` assert on latency and run afterwards, by themselves.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check steward cli tests bench packaging
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadfile -m "not alone"
+	$(BIN)/pytest -m alone
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check steward cli tests bench packaging

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import tomlkit
-
 from steward import providers
 from steward.errors import ConfigError
 from steward.files import write_private
@@ -481,6 +479,8 @@ def set_value(home: Path, dotted: str, text: str) -> Any:
     stored: Any = text if "parse" in meta and isinstance(value, int | float) else value
     if isinstance(stored, tuple):
         stored = list(stored)
+    import tomlkit  # here, not at the top: only this command needs it, every command loads config
+
     try:
         doc = tomlkit.parse(path.read_text())
     except FileNotFoundError:

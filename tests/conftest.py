@@ -1,14 +1,24 @@
 from __future__ import annotations
 
+import compileall
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import steward.cli
 
 from tests.support.daemon import Daemon, init_home, provider_env
 from tests.support.fake_upstream import FakeUpstream
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Byte-compile Steward once, as pip does on install: the editable install does not, and
+    under PYTHONDONTWRITEBYTECODE (usual in containers) every `steward` process the suite starts
+    would otherwise compile each of its modules again."""
+    for package in (steward, steward.cli):  # the CLI's package lives in cli/
+        compileall.compile_dir(Path(package.__file__).parent, quiet=1)
 
 
 @pytest.fixture(scope="session")
