@@ -102,6 +102,8 @@ class _MessagesStream:
             reason = dig(delta, "delta", "stop_reason")
             if isinstance(reason, str):
                 reading.finish_reasons = (reason,)
+        elif event == b"message_stop":
+            reading.complete = True
         elif event == b"error":
             reading.error = stream_error(dig(loads(data), "error", "message"))
 

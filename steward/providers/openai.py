@@ -126,6 +126,8 @@ class _ChatStream:
         self._last_usage: bytes | None = None
 
     def on_event(self, event: bytes, data: bytes, reading: Reading) -> None:
+        if data == b"[DONE]":
+            reading.complete = True
         if self._first and data != b"[DONE]":
             self._first = False
             obj = loads(data)
@@ -164,6 +166,7 @@ class _ResponsesStream:
 
     def on_event(self, event: bytes, data: bytes, reading: Reading) -> None:
         if event in _FINAL_EVENTS or event == b"error":
+            reading.complete = event in _FINAL_EVENTS
             obj = loads(data)
             if event == b"error":
                 reading.error = stream_error(obj.get("message") if isinstance(obj, dict) else None)

@@ -51,6 +51,8 @@ class Reading:
     error: str | None = None
     response_id: str | None = None
     finish_reasons: tuple[str, ...] = ()
+    # The stream's own last event was seen: a caller that hangs up after it had everything.
+    complete: bool = False
 
 
 def as_int(value: Any) -> int | None:

@@ -317,8 +317,9 @@ class Proxy:
             if not ex.client_gone:
                 raise
             task.uncancel()
-            ex.error = ex.error or "client disconnected"
-            ex.status = ex.status or 499
+            if ex.reading is None or not ex.reading.complete:  # else it had the whole answer
+                ex.error = ex.error or "client disconnected"  # and hung up before the end
+                ex.status = ex.status or 499
         finally:
             watcher.cancel()
             if response is not None:

@@ -281,6 +281,9 @@ class FakeUpstream:
                 return response
             if behavior.startswith("pace:") and index < len(events) - 1:
                 await asyncio.sleep(float(behavior.split(":", 1)[1]))
+        if behavior == "hold-end":  # every event sent, the end never: until the caller leaves
+            await self._wait_for_close(request)
+            return response
         await response.write_eof()
         return response
 
