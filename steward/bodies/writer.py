@@ -21,7 +21,7 @@ import random
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -377,18 +377,20 @@ class BodyWriter:
         return True
 
     def _build_and_put(self, capture: Capture) -> tuple[bytes, bool]:
-        try:
-            data = build_document(capture)
-        finally:
-            capture.release()
-        return data, self._put(capture.key, data)
+        return self._build_then(capture, self._put)
 
     def _spill_capture(self, capture: Capture) -> tuple[bytes, bool]:
+        return self._build_then(capture, self._spill)
+
+    @staticmethod
+    def _build_then(capture: Capture, keep: Callable[[str, bytes], bool]
+                    ) -> tuple[bytes, bool]:
+        """The document (its spill file released either way), and whether `keep` took it."""
         try:
             data = build_document(capture)
         finally:
             capture.release()
-        return data, self._spill(capture.key, data)
+        return data, keep(capture.key, data)
 
     def _spill(self, key: str, data: bytes) -> bool:
         """Atomically to local disk (in a worker thread); False if the disk refused it."""

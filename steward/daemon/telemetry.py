@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json
 import logging
 import os
-import random
 import re
 import socket
 import sqlite3
@@ -60,6 +58,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags, Status
 
 import steward
+from steward.backoff import retry_delay
 from steward.config import TelemetryConfig
 from steward.db import transaction
 from steward.errors import ConfigError
@@ -728,7 +727,8 @@ class Telemetry:
         self._failing(url, why, retry)
         if retry:
             self._attempt += 1
-            self._retry_at = loop.time() + _backoff(retry_after, self._attempt)
+            self._retry_at = loop.time() + retry_delay(retry_after, self._attempt,
+                                                       MAX_BACKOFF, base=0.5)
             return None
         return False
 
@@ -756,14 +756,3 @@ class Telemetry:
         if self.metrics is not None and self.dropped > self._dropped_reported:
             self.metrics.telemetry_dropped.inc(self.dropped - self._dropped_reported)
             self._dropped_reported = self.dropped
-
-
-def _backoff(retry_after: str | None, attempt: int) -> float:
-    """Retry-After when the collector gives one, else exponential backoff with full jitter."""
-    if retry_after:
-        if retry_after.strip().isdigit():
-            return min(float(retry_after), MAX_BACKOFF)
-        with contextlib.suppress(TypeError, ValueError):
-            when = email.utils.parsedate_to_datetime(retry_after).timestamp()
-            return min(max(when - time.time(), 0.0), MAX_BACKOFF)
-    return random.uniform(0, min(MAX_BACKOFF, 0.5 * 2.0 ** min(attempt, 16)))

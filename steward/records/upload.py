@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import fcntl
 import hashlib
 import json
 import logging
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from steward.backoff import retry_delay
 from steward.files import write_atomic
 from steward.home import Home
 from steward.records.spool import SEGMENT_SUFFIX, segment_writer_alive, segments
@@ -111,13 +110,7 @@ def next_batch(directory: Path, cursor: Cursor, batch_size: int) -> Batch | None
 def retry_after(response: httpx.Response | None, attempt: int) -> float:
     """Retry-After when the server gives one, else exponential backoff with full jitter."""
     header = response.headers.get("retry-after") if response is not None else None
-    if header:
-        if header.strip().isdigit():
-            return min(float(header), MAX_BACKOFF)
-        with contextlib.suppress(TypeError, ValueError):
-            when = email.utils.parsedate_to_datetime(header).timestamp()
-            return min(max(when - time.time(), 0.0), MAX_BACKOFF)
-    return random.uniform(0, min(MAX_BACKOFF, 2.0 ** min(attempt, 16)))
+    return retry_delay(header, attempt, MAX_BACKOFF)
 
 
 Encoder = Callable[[bytes], tuple[bytes, dict[str, str]]]
