@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from steward.cli.budgets import budgets_app, limits_app
 from steward.cli.options import HomeOption, JsonOption, out
 from steward.cli.telemetry import telemetry_app
 
@@ -63,6 +64,8 @@ app.add_typer(bucket_app, name="bucket")
 bodies_app = typer.Typer(no_args_is_help=True, help="Stored request and response bodies.")
 app.add_typer(bodies_app, name="bodies")
 app.add_typer(telemetry_app, name="telemetry")
+app.add_typer(budgets_app, name="budgets")
+app.add_typer(limits_app, name="limits")
 
 
 class KeyStore(enum.StrEnum):

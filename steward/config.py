@@ -276,6 +276,18 @@ class TelemetryConfig:
     sample_ratio: float = field(default=1.0, metadata={"check": _ratio})
 
 
+def _unpriced(v: str) -> None:
+    if v not in ("deny", "allow"):
+        raise ValueError('use "deny" or "allow"')
+
+
+@dataclass(frozen=True)
+class BudgetsConfig:
+    # A request under a budget whose cost cannot be bounded (no price for its model, or no
+    # output cap in the request or the price table): refused (deny), or let through uncounted.
+    unpriced: str = field(default="deny", metadata={"check": _unpriced})
+
+
 # The built-in providers: one per built-in wire format, under the format's name.
 DEFAULT_PROVIDERS: dict[str, ProviderConfig] = {
     name: ProviderConfig(name, providers.FORMATS[name].default_base_url)
@@ -289,6 +301,7 @@ _SECTIONS: dict[str, type] = {
     "metadata": MetadataConfig,
     "pricing": PricingConfig,
     "telemetry": TelemetryConfig,
+    "budgets": BudgetsConfig,
 }
 
 
@@ -302,6 +315,7 @@ class Config:
     metadata: MetadataConfig = MetadataConfig()
     pricing: PricingConfig = PricingConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
 
     @property
     def path(self) -> Path:
@@ -598,6 +612,9 @@ DEFAULT_TOML = """\
 # otlp_headers = ""            # name=value,…; tokens: `steward telemetry set --header` seals them
 # service_name = "steward"
 # sample_ratio = 1.0           # share of traces exported (metrics count every request)
+
+[budgets]                      # set budgets with `steward budgets set`, limits `steward limits set`
+# unpriced = "deny"            # a request under a budget whose cost cannot be bounded: deny|allow
 
 # Built-in providers; override base_url to use a proxy or a regional endpoint.
 # [providers.openai]

@@ -72,6 +72,37 @@ MIGRATIONS: list[str] = [
     UPDATE gateway_keys SET uuid = steward_legacy_key_uuid(id) WHERE uuid IS NULL;
     CREATE UNIQUE INDEX gateway_keys_uuid ON gateway_keys (uuid);
     """,
+    # 6: budgets and rate limits (steward/budgets/store.py owns these tables). Amounts are
+    # whole picodollars, so every sum is exact; a lease is what one worker may spend.
+    """
+    CREATE TABLE budgets (
+        scope TEXT PRIMARY KEY,
+        amount_pusd BIGINT NOT NULL,
+        period TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE budget_spend (
+        scope TEXT NOT NULL,
+        period_start TEXT NOT NULL,
+        spent_pusd BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (scope, period_start)
+    );
+    CREATE TABLE budget_leases (
+        holder TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        period_start TEXT NOT NULL,
+        held_pusd BIGINT NOT NULL,
+        reserved_pusd BIGINT NOT NULL DEFAULT 0,
+        renewed_at REAL NOT NULL,
+        PRIMARY KEY (holder, scope, period_start)
+    );
+    CREATE TABLE rate_limits (
+        scope TEXT PRIMARY KEY,
+        rpm INTEGER,
+        tpm BIGINT,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 # Fixed forever: the UUIDs of keys migrated by step 5 must not change between machines or runs.

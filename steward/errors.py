@@ -22,8 +22,10 @@ class NotFoundError(StewardError):
 class GatewayError(Exception):
     """A failure on the request path, answered in the detected provider's error shape."""
 
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None,
+                 record_error: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.record_error = record_error  # the record's error when not the message itself

@@ -19,6 +19,9 @@ from steward import db
 from steward.bodies.bucket import bucket_settings
 from steward.bodies.stores import LocalStore, open_store
 from steward.bodies.writer import BodyWriter
+from steward.budgets import store as budget_store
+from steward.budgets.governor import Governor
+from steward.budgets.ledger import SYNC_SECONDS, Ledger, holder_name
 from steward.config import Config, load_config
 from steward.daemon import allocator, logs, telemetry
 from steward.daemon.metrics import Metrics
@@ -67,8 +70,10 @@ class Gateway:
         self._data_version = -1
         self._prices_mtime = -1
         self._pricer: Pricer | None = None
+        self.governor = Governor(Ledger(self.home.db, holder_name()), config.budgets.unpriced)
+        self._definitions: tuple[dict, dict] | None = None  # loaded in a thread, applied here
         self._tasks: list[asyncio.Task[None]] = []
-        self.metrics = Metrics(self.gauges)
+        self.metrics = Metrics(self.gauges, lambda: self.governor.ledger.figures())
         self.ready = False
         self.reporter: Reporter = InProcessReporter()  # a worker of several gets its own
 
@@ -86,7 +91,7 @@ class Gateway:
         self._db = await asyncio.to_thread(db.connect, self.home.db)
         self._vault, _ = await asyncio.to_thread(master_key.open_vault, self.config.home,
                                                  self._db)
-        await asyncio.to_thread(self._refresh_keys)
+        await self._refresh()
         self._open_sessions(self.config)
         if self.config.bodies.enabled:
             store = await asyncio.to_thread(open_store, bucket_settings(self.config, self._db,
@@ -104,9 +109,12 @@ class Gateway:
         limits = self.config.limits
         self.proxy = Proxy(self.router, self.keys, self.credentials, self.sessions, self.spool,
                            self._pricer, self.bodies, self.metrics, limits)
+        self.proxy.governor = self.governor
+        await self.governor.ledger.sync()  # charges the leases of workers that died
         self._tasks = [asyncio.create_task(self._keep_keys_fresh()),
                        asyncio.create_task(self.spool.run_fsync()),
-                       asyncio.create_task(self.spool.run_retry())]
+                       asyncio.create_task(self.spool.run_retry()),
+                       asyncio.create_task(self._sync_budgets())]
         self._tasks.append(asyncio.create_task(self._report()))
         if self.config.pricing.refresh_interval > 0:
             self._tasks.append(asyncio.create_task(self._refresh_prices()))
@@ -133,6 +141,7 @@ class Gateway:
             with suppress(asyncio.CancelledError):
                 await task
         await asyncio.gather(*(s.close() for s in self.sessions.values()))
+        await self.governor.ledger.close()  # settled spend down, leases given back
         await self._stop_telemetry()
         if self.bodies is not None:
             await self.bodies.stop()
@@ -143,6 +152,19 @@ class Gateway:
         if self._db is not None:
             self._db.close()
         self.metrics.worker_exiting()
+
+    async def _refresh(self) -> None:
+        await asyncio.to_thread(self._refresh_keys)
+        if self._definitions is not None:
+            self.governor.configure(*self._definitions)
+            self._definitions = None
+
+    async def _sync_budgets(self) -> None:
+        """Settled spend to the database and leases resized, while any budget is in use."""
+        while True:
+            await asyncio.sleep(SYNC_SECONDS)
+            if self.governor.ledger.accounts:
+                await self.governor.ledger.sync()
 
     def _refresh_keys(self) -> None:
         """Reload keys, provider keys and prices when the CLI has changed them."""
@@ -158,6 +180,8 @@ class Gateway:
         if version != self._data_version:
             assert self._vault is not None
             self.keys.by_hash = gateway_keys.load_hashes(self._db)
+            self._definitions = (budget_store.load_budgets(self._db),
+                                 budget_store.load_limits(self._db))
             try:
                 self.credentials.keys = provider_keys.load_all(self._db, self._vault)
             except DecryptError:  # the master key was rotated: find the new one
@@ -329,8 +353,9 @@ class Gateway:
             if changed != getattr(old, section):
                 log.warning("[%s] changed: restart Steward to apply it", section)
         self.config = new
+        self.governor.unpriced = new.budgets.unpriced
         self._data_version = self._prices_mtime = -1  # force a reload of keys and prices
-        await asyncio.to_thread(self._refresh_keys)
+        await self._refresh()
         log.info("configuration, keys and prices reloaded")
 
     async def _refresh_prices(self) -> None:
@@ -353,7 +378,7 @@ class Gateway:
             except sqlite3.Error as exc:
                 log.warning("could not record when keys were last used (will retry): %s", exc)
             try:
-                await asyncio.to_thread(self._refresh_keys)
+                await self._refresh()
             except (sqlite3.Error, StewardError) as exc:
                 log.error("could not refresh keys from the database: %s", exc)
             if self.bodies is not None:

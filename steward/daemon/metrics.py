@@ -41,8 +41,33 @@ class _Gauges(Collector):
             yield GaugeMetricFamily(f"steward_{name}", name.replace("_", " "), value=value)
 
 
+# Per budget scope (bounded: scopes are what operators configured). Every worker sees every
+# holder's spend as of its last sync, so across workers the freshest is the largest spend and
+# the smallest remainder.
+BUDGET_GAUGES = (("budget_limit_usd", "Budget amount for the current period", "livemax"),
+                 ("budget_spent_usd", "Settled spend in the current period, all workers",
+                  "livemax"),
+                 ("budget_remaining_usd", "Budget left in the current period (limit - spent)",
+                  "livemin"))
+Figures = dict[str, tuple[float, float, float]]  # scope -> (limit, spent, remaining)
+
+
+class _BudgetGauges(Collector):
+    def __init__(self, read: Callable[[], Figures]):
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        figures = self.read()
+        for index, (name, doc, _) in enumerate(BUDGET_GAUGES):
+            family = GaugeMetricFamily(f"steward_{name}", doc, labels=["scope"])
+            for scope, values in sorted(figures.items()):
+                family.add_metric([scope], values[index])
+            yield family
+
+
 class Metrics:
-    def __init__(self, gauges: Callable[[], dict[str, float]]):
+    def __init__(self, gauges: Callable[[], dict[str, float]],
+                 budgets: Callable[[], Figures] = dict):
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("steward_requests", "Requests by provider, endpoint and status",
@@ -74,14 +99,24 @@ class Metrics:
         self.telemetry_failures = Counter("steward_telemetry_export_failures",
                                           "Failed OTLP export attempts by signal", ["signal"],
                                           registry=r)
+        # Refused by a budget or rate limit, by the record's error (kind and scope).
+        self.governed = Counter("steward_budget_refusals",
+                                "Requests refused by a budget or rate limit, by kind and scope",
+                                ["kind", "scope"], registry=r)
         self.read_gauges = gauges
+        self.read_budgets = budgets
+        self._budget_gauges: list[Gauge] = []
         self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
         self._shared_gauges: dict[str, Gauge] = {}
         if self.multiprocess:
             self.registry = CollectorRegistry()  # what a scrape shows: every worker's files
             multiprocess.MultiProcessCollector(self.registry)
+            self._budget_gauges = [Gauge(f"steward_{name}", doc, ["scope"], registry=None,
+                                         multiprocess_mode=mode)
+                                   for name, doc, mode in BUDGET_GAUGES]
         else:
             r.register(_Gauges(gauges))
+            r.register(_BudgetGauges(budgets))
 
     def publish_gauges(self) -> None:
         """Several workers: write this worker's gauges where every worker's scrape sees them."""
@@ -94,6 +129,9 @@ class Metrics:
                     f"steward_{name}", name.replace("_", " "), registry=None,
                     multiprocess_mode="livesum")
             gauge.set(value)
+        for scope, values in self.read_budgets().items():
+            for gauge, value in zip(self._budget_gauges, values, strict=True):
+                gauge.labels(scope).set(value)
 
     def worker_exiting(self) -> None:
         """Drop this worker's gauges from the sums (its counters stay counted)."""
@@ -108,8 +146,12 @@ class Metrics:
             self.latency.labels(provider).observe(record["latency_ms"] / 1000)
         if record.get("ttft_ms") is not None:
             self.ttfb.labels(provider).observe(record["ttft_ms"] / 1000)
-        if (record.get("error") or "").startswith("usage_unreadable"):
+        error = record.get("error") or ""
+        if error.startswith("usage_unreadable"):
             self.unreadable.labels(provider).inc()
+        elif error.startswith(("budget_", "rate_limited:")):
+            kind, _, scope = error.partition(":")
+            self.governed.labels(kind, scope).inc()
         model = record.get("response_model") or record.get("model")
         if model is None or record.get("input_tokens") is None:
             return

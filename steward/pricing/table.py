@@ -1,5 +1,5 @@
 """Price tables in LiteLLM's model_prices_and_context_window format, reduced to what Steward
-uses: the OpenAI, Anthropic and Gemini (AI Studio) entries and their per-token prices."""
+uses: each wire format's entries, their per-token prices and their maximum tokens."""
 
 from __future__ import annotations
 
@@ -48,6 +48,10 @@ def reduce(raw: Any, source: str, fetched: str | None = None) -> dict[str, Any]:
             if isinstance(value, bool) or not number.is_finite() or number < 0:
                 raise PriceTableError(f"{name}.{key}: {value!r} is not a non-negative number")
             prices[key] = str(number)
+        for key in ("max_input_tokens", "max_output_tokens"):  # budgets bound a request by them
+            value = entry.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                prices[key] = value
         if "input_cost_per_token" in prices:
             models[name] = prices
     missing = [m for m in WELL_KNOWN if m not in models]

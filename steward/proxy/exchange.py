@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from steward.bodies.writer import Capture
+from steward.budgets.governor import Admission
 from steward.ids import uuid7
 from steward.pricing.pricer import Pricer
 from steward.providers import Meter, Route
@@ -43,6 +44,7 @@ class Exchange:
     buffered: int = 0  # request-body bytes this exchange counts against the shared cap
     body_ref: str | None = None
     body_error: str | None = None  # why no body was kept (bodies.min_free)
+    admission: Admission | None = None  # budgets and rate limits reserved, to settle
     client_gone: bool = False
     responded: bool = False  # response headers sent (or Steward's error answer decided)
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)

@@ -1,6 +1,6 @@
 """The request hot path, as a raw ASGI handler: one Exchange through named stages, in order.
 
-    auth -> route -> credentials -> body -> forward -> relay -> account -> hand-off
+    auth -> route -> credentials -> body -> admit -> forward -> relay -> account -> hand-off
 
 Per request: one hash and dict lookup for the key, one upstream call over a pooled connection,
 chunk-by-chunk relay, usage read from the bytes as they pass, one spool write and one hand-off
@@ -46,6 +46,7 @@ from steward.secrets.gateway_keys import KeyIndex
 from steward.secrets.provider_keys import CredentialIndex
 
 if TYPE_CHECKING:
+    from steward.budgets.governor import Governor
     from steward.daemon.telemetry import Telemetry
 
 log = logging.getLogger("steward.proxy")
@@ -73,6 +74,7 @@ class Proxy:
         self.credentials = credentials
         self.spool = spool
         self.telemetry: Telemetry | None = None  # set by the gateway when [telemetry] is on
+        self.governor: Governor | None = None  # budgets and rate limits, set by the gateway
         self.served = 0
         self.buffered_bytes = 0  # request bodies held right now, all requests together
         self.draining = 0.0  # on SIGTERM, server.drain_timeout: a cut from now on is the drain's
@@ -135,6 +137,8 @@ class Proxy:
         body = await self._read_body(ex, scope, receive)
         assert ex.route is not None
         ex.request_model = ex.route.model or _find_model(body)
+        if self.governor is not None and self.governor.active:
+            ex.admission = await self.governor.admit(ex, body, self.pricer)
         self._capture(ex, scope, body)
         await self._forward(ex, headers, body, receive, send)  # and relay
 
@@ -444,7 +448,7 @@ class Proxy:
             ex.ending = []
             return
         fmt = ex.upstream.fmt if ex.upstream else self.router.error_format(ex.method, ex.path)
-        ex.status, ex.error = err.status, err.message
+        ex.status, ex.error = err.status, err.record_error or err.message
         body = fmt.error_body(err.status, err.message)
         ex.responded = True
         ex.response_headers = [(b"content-type", b"application/json"),
@@ -465,6 +469,8 @@ class Proxy:
         ex.finished_at = time.perf_counter()
         self.served += 1
         record = ex.record(self.pricer)
+        if ex.admission is not None and self.governor is not None:
+            self.governor.settle(ex.admission, record)
         if ex.capture is not None:
             ex.capture.finish(record, ex.status if ex.responded else None, ex.response_headers,
                               ex.error_body)

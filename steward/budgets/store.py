@@ -1,0 +1,182 @@
+"""The budget and rate-limit tables: definitions the CLI writes, spend and leases the daemon
+keeps. Amounts are whole picodollars (10^-12 USD) so sums are exact integers in any SQL.
+
+Invariant, per scope and period: spent + every holder's lease <= the budget's amount.
+A holder (one worker process) spends only from its lease; settling moves an amount from its
+lease into `spent`. A lease whose holder died is charged in full: Steward never learns what
+that holder spent after its last sync, so counting all of it is the only safe choice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
+
+from steward import db
+from steward.budgets import scopes
+from steward.errors import NotFoundError, StewardError
+
+PICO = Decimal("1e12")
+
+
+def to_pico(usd: Decimal) -> int:
+    """Rounded up: a reservation or a charge is never less than the dollars it stands for."""
+    return int((usd * PICO).to_integral_value(rounding=ROUND_CEILING))
+
+
+def to_usd(pico: int) -> Decimal:
+    return (Decimal(pico) / PICO).normalize()
+
+
+def usd_text(pico: int) -> str:
+    value = to_usd(pico)
+    return format(value, "f") if value else "0"
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    scope: str
+    amount: int  # picodollars
+    period: str
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    scope: str
+    rpm: int | None
+    tpm: int | None
+
+
+def parse_amount(text: str) -> int:
+    try:
+        value = Decimal(text.strip().removeprefix("$"))
+    except ArithmeticError:
+        raise StewardError(f"amount {text!r}: give US dollars, e.g. 25 or 0.50") from None
+    if not value.is_finite() or value <= 0:
+        raise StewardError(f"amount {text!r}: must be more than 0")
+    return to_pico(value)
+
+
+def set_budget(conn: sqlite3.Connection, scope: str, amount: int, period: str) -> None:
+    if period not in scopes.PERIODS:
+        raise StewardError(f"--per {period!r}: use one of {', '.join(scopes.PERIODS)}")
+    conn.execute("INSERT INTO budgets (scope, amount_pusd, period, created_at) VALUES (?, ?, ?, ?)"
+                 " ON CONFLICT (scope) DO UPDATE SET amount_pusd = excluded.amount_pusd,"
+                 " period = excluded.period", (scope, amount, period, time.time()))
+
+
+def remove_budget(conn: sqlite3.Connection, scope: str) -> None:
+    with db.transaction(conn):
+        if conn.execute("DELETE FROM budgets WHERE scope = ?", (scope,)).rowcount == 0:
+            raise NotFoundError(f"no budget for {scope}")
+        conn.execute("DELETE FROM budget_spend WHERE scope = ?", (scope,))
+        conn.execute("DELETE FROM budget_leases WHERE scope = ?", (scope,))
+
+
+def load_budgets(conn: sqlite3.Connection) -> dict[str, Budget]:
+    rows = conn.execute("SELECT scope, amount_pusd, period FROM budgets").fetchall()
+    return {r[0]: Budget(r[0], int(r[1]), r[2]) for r in rows}
+
+
+def set_limit(conn: sqlite3.Connection, scope: str, rpm: int | None, tpm: int | None) -> None:
+    if rpm is None and tpm is None:
+        raise StewardError("give --rpm, --tpm or both")
+    for name, value in (("--rpm", rpm), ("--tpm", tpm)):
+        if value is not None and value < 1:
+            raise StewardError(f"{name} must be at least 1")
+    conn.execute("INSERT INTO rate_limits (scope, rpm, tpm, created_at) VALUES (?, ?, ?, ?)"
+                 " ON CONFLICT (scope) DO UPDATE SET rpm = excluded.rpm, tpm = excluded.tpm",
+                 (scope, rpm, tpm, time.time()))
+
+
+def remove_limit(conn: sqlite3.Connection, scope: str) -> None:
+    if conn.execute("DELETE FROM rate_limits WHERE scope = ?", (scope,)).rowcount == 0:
+        raise NotFoundError(f"no rate limit for {scope}")
+
+
+def load_limits(conn: sqlite3.Connection) -> dict[str, RateLimit]:
+    rows = conn.execute("SELECT scope, rpm, tpm FROM rate_limits").fetchall()
+    return {r[0]: RateLimit(r[0], r[1], r[2]) for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """A budget's figures for the current period, every holder together."""
+
+    budget: Budget
+    period_start: str
+    resets_at: float | None
+    spent: int
+    held: int  # leased to workers, not yet settled
+    reserved: int  # in flight at the holders' last syncs
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.budget.amount - self.spent - self.reserved)
+
+
+def standings(conn: sqlite3.Connection, now: float) -> list[Standing]:
+    out = []
+    for budget in sorted(load_budgets(conn).values(), key=lambda b: b.scope):
+        start, resets = scopes.period_start(budget.period, now)
+        out.append(Standing(budget, start, resets, spent_in(conn, budget.scope, start),
+                            *_leased(conn, budget.scope, start)))
+    return out
+
+
+def spent_in(conn: sqlite3.Connection, scope: str, start: str) -> int:
+    row = conn.execute("SELECT spent_pusd FROM budget_spend WHERE scope = ? AND period_start = ?",
+                       (scope, start)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _leased(conn: sqlite3.Connection, scope: str, start: str, but: str = ""
+            ) -> tuple[int, int]:
+    row = conn.execute("SELECT COALESCE(SUM(held_pusd), 0), COALESCE(SUM(reserved_pusd), 0) "
+                       "FROM budget_leases WHERE scope = ? AND period_start = ? AND holder <> ?",
+                       (scope, start, but)).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def add_spent(conn: sqlite3.Connection, scope: str, start: str, amount: int) -> None:
+    conn.execute("INSERT INTO budget_spend (scope, period_start, spent_pusd) VALUES (?, ?, ?) "
+                 "ON CONFLICT (scope, period_start) DO UPDATE SET "
+                 "spent_pusd = budget_spend.spent_pusd + excluded.spent_pusd",
+                 (scope, start, amount))
+
+
+def free(conn: sqlite3.Connection, budget: Budget, start: str, holder: str) -> int:
+    """What no holder but `holder` has spent or leased."""
+    others, _ = _leased(conn, budget.scope, start, holder)
+    return budget.amount - spent_in(conn, budget.scope, start) - others
+
+
+def write_lease(conn: sqlite3.Connection, holder: str, scope: str, start: str, held: int,
+                reserved: int, now: float) -> None:
+    if held <= 0 and reserved <= 0:
+        conn.execute("DELETE FROM budget_leases WHERE holder = ? AND scope = ? AND "
+                     "period_start = ?", (holder, scope, start))
+        return
+    conn.execute("INSERT INTO budget_leases (holder, scope, period_start, held_pusd, "
+                 "reserved_pusd, renewed_at) VALUES (?, ?, ?, ?, ?, ?) "
+                 "ON CONFLICT (holder, scope, period_start) DO UPDATE SET "
+                 "held_pusd = excluded.held_pusd, reserved_pusd = excluded.reserved_pusd, "
+                 "renewed_at = excluded.renewed_at", (holder, scope, start, held, reserved, now))
+
+
+def leases_of_others(conn: sqlite3.Connection, holder: str
+                     ) -> list[tuple[str, str, str, int, float]]:
+    """(holder, scope, period_start, held, renewed_at) of every other holder's lease."""
+    rows = conn.execute("SELECT holder, scope, period_start, held_pusd, renewed_at "
+                        "FROM budget_leases WHERE holder <> ?", (holder,)).fetchall()
+    return [(r[0], r[1], r[2], int(r[3]), float(r[4])) for r in rows]
+
+
+def charge_lease(conn: sqlite3.Connection, holder: str, scope: str, start: str, held: int
+                 ) -> None:
+    """A dead holder's lease counts as spent (see the module's docstring)."""
+    add_spent(conn, scope, start, held)
+    conn.execute("DELETE FROM budget_leases WHERE holder = ? AND scope = ? AND period_start = ?",
+                 (holder, scope, start))
