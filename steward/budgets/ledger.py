@@ -181,11 +181,21 @@ class Ledger:
             snapshot.append((key, acc, acc.unsynced, acc.held, acc.reserved, want))
             acc.unsynced = 0
             acc.peak = acc.reserved
+        work = asyncio.ensure_future(asyncio.to_thread(self._write, snapshot, now))
         try:
-            results = await asyncio.to_thread(self._write, snapshot, now)
+            try:
+                results = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # Stopping: the transaction runs on in its thread, and what it wrote must be
+                # known here, or settled spend would be lost or counted twice.
+                await asyncio.wait([work])
+                if work.exception() is None:
+                    self._apply(snapshot, work.result(), now)
+                else:
+                    self._unsent(snapshot)
+                raise
         except (sqlite3.Error, StewardError, OSError) as exc:
-            for _, acc, unsynced, *_ in snapshot:
-                acc.unsynced += unsynced  # sent again with the next sync
+            self._unsent(snapshot)
             if self.sync_error is None:
                 log.error("budgets: cannot sync with the database (this worker spends only "
                           "the budget it holds until it can): %s", exc)
@@ -195,6 +205,15 @@ class Ledger:
         if self.sync_error is not None:
             log.info("budgets: syncing with the database again")
             self.sync_error = None
+        self._apply(snapshot, results, now)
+        return True
+
+    @staticmethod
+    def _unsent(snapshot: list) -> None:
+        for _, acc, unsynced, *_ in snapshot:
+            acc.unsynced += unsynced  # sent again with the next sync
+
+    def _apply(self, snapshot: list, results: list[tuple[int, int, int]], now: float) -> None:
         self.last_sync = now
         for (key, acc, *_), (grant, spent_all, free_all) in zip(snapshot, results, strict=True):
             acc.held += grant
@@ -202,7 +221,6 @@ class Ledger:
             if acc.held <= 0 and acc.reserved == 0 and acc.unsynced == 0 and (
                     self.accounts.get(key) is acc and not _is_current(self, acc, now)):
                 del self.accounts[key]  # a past period or a removed budget, all settled
-        return True
 
     def _write(self, snapshot: list, now: float) -> list[tuple[int, int, int]]:
         if self._conn is None:

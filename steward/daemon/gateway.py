@@ -163,7 +163,7 @@ class Gateway:
         """Settled spend to the database and leases resized, while any budget is in use."""
         while True:
             await asyncio.sleep(SYNC_SECONDS)
-            if self.governor.ledger.accounts:
+            if self.governor.ledger.accounts or self.governor.ledger.budgets:
                 await self.governor.ledger.sync()
 
     def _refresh_keys(self) -> None:

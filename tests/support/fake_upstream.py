@@ -174,9 +174,13 @@ class FakeUpstream:
                 return await self.sse(request, self.responses_events(payload), behavior)
             return self.json(self.responses_object(payload), behavior)
         if path.endswith("/chat/completions"):
+            usage = CHAT_USAGE
+            if behavior.startswith("completion-tokens:"):  # a usage chosen by the test
+                n = int(behavior.split(":", 1)[1])
+                usage = {"prompt_tokens": 0, "completion_tokens": n, "total_tokens": n}
             if payload.get("stream"):
-                return await self.sse(request, self.chat_events(payload), behavior)
-            return self.json(self.chat_completion(payload), behavior)
+                return await self.sse(request, self.chat_events(payload, usage), behavior)
+            return self.json(self.chat_completion(payload, usage), behavior)
         return self.error(kind, 404)
 
     # -- hostile upstreams ------------------------------------------------------------------
@@ -309,16 +313,18 @@ class FakeUpstream:
 
     # -- OpenAI -----------------------------------------------------------------------------
 
-    def chat_completion(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def chat_completion(self, payload: dict[str, Any], usage: dict[str, Any] = CHAT_USAGE
+                        ) -> dict[str, Any]:
         return {"id": "chatcmpl-fake", "object": "chat.completion", "created": CREATED,
                 "model": dated(payload.get("model", "gpt-4o")), "system_fingerprint": "fp_fake",
                 "service_tier": "default",
                 "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                              "message": {"role": "assistant", "content": "".join(TEXT_PIECES),
                                          "refusal": None}}],
-                "usage": CHAT_USAGE}
+                "usage": usage}
 
-    def chat_events(self, payload: dict[str, Any]) -> list[tuple[str | None, str]]:
+    def chat_events(self, payload: dict[str, Any], usage: dict[str, Any] = CHAT_USAGE
+                    ) -> list[tuple[str | None, str]]:
         include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": CREATED,
                 "model": dated(payload.get("model", "gpt-4o")), "system_fingerprint": "fp_fake"}
@@ -331,7 +337,7 @@ class FakeUpstream:
         chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
                        **extra})
         if include_usage:
-            chunks.append({**base, "choices": [], "usage": CHAT_USAGE})
+            chunks.append({**base, "choices": [], "usage": usage})
         return [(None, json.dumps(c)) for c in chunks] + [(None, "[DONE]")]
 
     def responses_object(self, payload: dict[str, Any], status: str = "completed"
