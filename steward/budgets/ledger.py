@@ -49,6 +49,7 @@ class Account:
     peak: int = 0  # the most in flight (and waiting) since the last sync
     spent_all: int = 0  # every holder's settled spend, as of the last sync
     free_all: int = 0  # what nobody held at the last sync
+    slack: int = 0  # other workers' leases not in flight at their last syncs
 
 
 @dataclass(slots=True)
@@ -62,7 +63,7 @@ class Shortfall:
     @property
     def remaining(self) -> int:
         a = self.account
-        return max(0, a.free_all + a.held - a.reserved)
+        return max(0, a.free_all + a.held - a.reserved + a.slack)
 
 
 @dataclass(slots=True)
@@ -117,21 +118,30 @@ class Ledger:
         return None
 
     async def reserve(self, parts: list[tuple[Account, int]]) -> Hold | Shortfall:
+        """At once when the lease covers it; else after syncs, for as long as the budget could
+        still hold it: other workers give back what they hold but do not use within a sync
+        or two. Refused when it cannot fit even if they did, or after TOPUP_TIMEOUT."""
         short = self.try_reserve(parts)
         if short is None:
             return Hold(parts)
+        deadline = asyncio.get_running_loop().time() + TOPUP_TIMEOUT
         for acc, cost in parts:
             acc.waiting += cost
             acc.peak = max(acc.peak, acc.reserved + acc.waiting)
         try:
-            synced = await self.sync_soon()
+            while True:
+                synced = await self.sync_soon()
+                short = self.try_reserve(parts)
+                if short is None:
+                    return Hold(parts)
+                cost = _cost_of(parts, short)
+                within = short.free_all + short.held - short.reserved + short.slack >= cost
+                if not synced or not within or asyncio.get_running_loop().time() > deadline:
+                    return Shortfall(short, cost, offline=not synced)
+                await asyncio.sleep(SYNC_SECONDS / 2)  # the others sync, and give back
         finally:
             for acc, cost in parts:
                 acc.waiting -= cost
-        short = self.try_reserve(parts)
-        if short is None:
-            return Hold(parts)
-        return Shortfall(short, _cost_of(parts, short), offline=not synced)
 
     def settle(self, hold: Hold, charge: int) -> None:
         """The request's real cost replaces its reservation in every budget it touched."""
@@ -213,16 +223,17 @@ class Ledger:
         for _, acc, unsynced, *_ in snapshot:
             acc.unsynced += unsynced  # sent again with the next sync
 
-    def _apply(self, snapshot: list, results: list[tuple[int, int, int]], now: float) -> None:
+    def _apply(self, snapshot: list, results: list[tuple[int, int, int, int]], now: float) -> None:
         self.last_sync = now
-        for (key, acc, *_), (grant, spent_all, free_all) in zip(snapshot, results, strict=True):
+        for (key, acc, *_), (grant, spent_all, free_all, slack) in zip(snapshot, results,
+                                                                        strict=True):
             acc.held += grant
-            acc.spent_all, acc.free_all = spent_all, free_all
+            acc.spent_all, acc.free_all, acc.slack = spent_all, free_all, slack
             if acc.held <= 0 and acc.reserved == 0 and acc.unsynced == 0 and (
                     self.accounts.get(key) is acc and not _is_current(self, acc, now)):
                 del self.accounts[key]  # a past period or a removed budget, all settled
 
-    def _write(self, snapshot: list, now: float) -> list[tuple[int, int, int]]:
+    def _write(self, snapshot: list, now: float) -> list[tuple[int, int, int, int]]:
         if self._conn is None:
             self._conn = self._connect()
         conn = self._conn
@@ -232,13 +243,13 @@ class Ledger:
             for (scope, start), acc, unsynced, held, reserved, want in snapshot:
                 if unsynced:
                     store.add_spent(conn, scope, start, unsynced)
-                free = store.free(conn, acc.budget, start, self.holder)
+                free, slack = store.free(conn, acc.budget, start, self.holder)
                 # Below what this worker holds only when a request cost more than it reserved
                 # (a price changed in flight): then the lease shrinks by the excess.
                 new_held = max(0, min(max(want, held), free))
                 store.write_lease(conn, self.holder, scope, start, new_held, reserved, now)
                 out.append((new_held - held, store.spent_in(conn, scope, start),
-                            free - new_held))
+                            free - new_held, slack))
         return out
 
     def _charge_dead(self, conn: sqlite3.Connection, now: float) -> None:

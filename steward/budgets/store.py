@@ -147,10 +147,12 @@ def add_spent(conn: sqlite3.Connection, scope: str, start: str, amount: int) -> 
                  (scope, start, amount))
 
 
-def free(conn: sqlite3.Connection, budget: Budget, start: str, holder: str) -> int:
-    """What no holder but `holder` has spent or leased."""
-    others, _ = _leased(conn, budget.scope, start, holder)
-    return budget.amount - spent_in(conn, budget.scope, start) - others
+def free(conn: sqlite3.Connection, budget: Budget, start: str, holder: str
+         ) -> tuple[int, int]:
+    """What no holder but `holder` has spent or leased; and how much of the others' leases
+    was not in flight at their last syncs (theirs now, but given back once they idle)."""
+    others, reserved = _leased(conn, budget.scope, start, holder)
+    return budget.amount - spent_in(conn, budget.scope, start) - others, max(0, others - reserved)
 
 
 def write_lease(conn: sqlite3.Connection, holder: str, scope: str, start: str, held: int,

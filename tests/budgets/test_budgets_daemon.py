@@ -223,3 +223,31 @@ def test_a_restart_keeps_what_was_spent(setup: Setup) -> None:
             await ask(client, model)
 
     asyncio.run(after())
+
+
+def test_two_workers_share_one_budget_exactly(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """Two worker processes, each spending from its own lease: between them, exactly the
+    budget, however the 50 connections fall on them."""
+    home = tmp_path / "home"
+    init_home(home)
+    env = {**provider_env(upstream.url), "STEWARD_BUDGET_SYNC_SECONDS": "0.1"}
+    daemon = Daemon(home, env=env, args=("--workers", "2")).start()
+    try:
+        setup = Setup(home, daemon, upstream)
+        key, key_id = setup.key("team-two")
+        model = setup.model()
+        cli("budgets", "set", "key:team-two", "0.10", "--per", "day", home=home)
+        wait_for(lambda: _budget_seen(setup, key_id), timeout=10)
+
+        async def run() -> list[Any]:
+            client = setup.client(key)
+            return await asyncio.gather(*(ask(client, model) for _ in range(50)),
+                                        return_exceptions=True)
+
+        results = asyncio.run(run())
+        assert sum(1 for r in results if not isinstance(r, BaseException)) == 10, results
+        assert setup.forwarded(model) == 10
+        assert len(daemon.workers()) == 2
+        wait_for(lambda: setup.budgets()[f"key:{key_id}"]["spent"] == "0.1", timeout=10)
+    finally:
+        daemon.stop()
