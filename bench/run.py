@@ -13,6 +13,8 @@ top of a fresh `steward init` home whose OpenAI base URL points at the mock:
   bodies-off  bodies.enabled = false (STEWARD_BODIES__ENABLED=false); the rest as everything.
   proxy-only  bodies-off, and server.access_log = false. Usage, cost, the spool and metrics
               stay on (they have no switch).
+  governed    everything, plus a budget and a rate limit on the benchmark key (high enough
+              never to refuse): every request reserves its worst case and settles.
 
 --peers LITELLM (what `make bench-peers` passes): instead of the rows above, the same mock,
 wrk, pinning and cells through Steward and LiteLLM's proxy, alternating Steward, LiteLLM,
@@ -58,7 +60,9 @@ CONFIGS: dict[str, dict[str, str]] = {
     "everything": {},
     "bodies-off": {"STEWARD_BODIES__ENABLED": "false"},
     "proxy-only": {"STEWARD_BODIES__ENABLED": "false", "STEWARD_SERVER__ACCESS_LOG": "false"},
+    "governed": {},
 }
+GOVERNED = {"governed"}  # configurations that put a budget and a rate limit on the key
 SHOWN_KEYS = ("bodies.enabled", "bodies.url", "bodies.fsync", "metadata.fsync",
               "server.log_format", "server.access_log")
 # LiteLLM's proxy, configured as lightly as it allows: one model entry pointing at the mock as
@@ -394,6 +398,7 @@ def steward(config: str, home: Path, key: str, upstream: Target, cpus: str,
     env = {"STEWARD_PROVIDERS__OPENAI__BASE_URL": f"http://127.0.0.1:{upstream.port}/v1",
            **CONFIGS[config]}
     prefix: tuple[str, ...] = ("taskset", "-c", cpus)
+    govern(home, config in GOVERNED)
     daemon = Daemon(home, env=env, prefix=prefix,
                     args=("--workers", str(workers)) if workers > 1 else (),
                     log_file=home / f"daemon-{config}-{workers}w.log").start()
@@ -405,6 +410,20 @@ def steward(config: str, home: Path, key: str, upstream: Target, cpus: str,
         daemon.stop()
 
 
+def govern(home: Path, on: bool) -> None:
+    """A budget and limits on every key of the bench home, far above what a run can use."""
+    scopes = [f"key:{k['id']}" for k in json.loads(cli("keys", "list", "--json",
+                                                       home=home).stdout)]
+    for scope in scopes:
+        if on:
+            cli("budgets", "set", scope, "1000000", "--per", "month", home=home)
+            cli("limits", "set", scope, "--rpm", "100000000", "--tpm", "1000000000000",
+                home=home)
+        else:
+            cli("budgets", "remove", scope, home=home, check=False)
+            cli("limits", "remove", scope, home=home, check=False)
+
+
 def effective(home: Path, config: str, upstream: Target) -> str:
     env = {"STEWARD_PROVIDERS__OPENAI__BASE_URL": f"http://127.0.0.1:{upstream.port}/v1",
            **CONFIGS[config]}
@@ -413,6 +432,8 @@ def effective(home: Path, config: str, upstream: Target) -> str:
     for dotted in SHOWN_KEYS:
         section, name = dotted.split(".")
         shown.append(f"{dotted}={data.get(section, {}).get(name)!r}")
+    if config in GOVERNED:
+        shown.append("a budget and RPM/TPM limits on the key")
     return f"{config}: {', '.join(shown)}"
 
 

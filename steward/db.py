@@ -73,26 +73,26 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX gateway_keys_uuid ON gateway_keys (uuid);
     """,
     # 6: budgets and rate limits (steward/budgets/store.py owns these tables). Amounts are
-    # whole picodollars, so every sum is exact; a lease is what one worker may spend.
+    # whole nanodollars, so every sum is exact; a lease is what one worker may spend.
     """
     CREATE TABLE budgets (
         scope TEXT PRIMARY KEY,
-        amount_pusd BIGINT NOT NULL,
+        amount_nusd BIGINT NOT NULL,
         period TEXT NOT NULL,
         created_at REAL NOT NULL
     );
     CREATE TABLE budget_spend (
         scope TEXT NOT NULL,
         period_start TEXT NOT NULL,
-        spent_pusd BIGINT NOT NULL DEFAULT 0,
+        spent_nusd BIGINT NOT NULL DEFAULT 0,
         PRIMARY KEY (scope, period_start)
     );
     CREATE TABLE budget_leases (
         holder TEXT NOT NULL,
         scope TEXT NOT NULL,
         period_start TEXT NOT NULL,
-        held_pusd BIGINT NOT NULL,
-        reserved_pusd BIGINT NOT NULL DEFAULT 0,
+        held_nusd BIGINT NOT NULL,
+        reserved_nusd BIGINT NOT NULL DEFAULT 0,
         renewed_at REAL NOT NULL,
         PRIMARY KEY (holder, scope, period_start)
     );

@@ -107,7 +107,7 @@ class Governor:
         """The exact cost and token count replace what was reserved."""
         if admission.hold is not None:
             cost = record.get("cost") if record is not None else None
-            self.ledger.settle(admission.hold, store.to_pico(Decimal(cost)) if cost else 0)
+            self.ledger.settle(admission.hold, store.to_nano(Decimal(cost)) if cost else 0)
             admission.hold = None
         used = 0
         if record is not None:
@@ -119,7 +119,7 @@ class Governor:
 
     def _worst(self, ex: Exchange, body: bytes | bytearray, pricer: Pricer, budgeted: bool,
                tokens_limited: bool) -> tuple[int, int, str | None]:
-        """(worst-case tokens, worst-case cost in picodollars, why the cost has no bound)."""
+        """(worst-case tokens, worst-case cost in nanodollars, why the cost has no bound)."""
         if not budgeted and not tokens_limited:
             return 0, 0, None
         model = ex.request_model
@@ -137,7 +137,7 @@ class Governor:
         if b.output_tokens is None:
             return tokens, 0, (f"the request sets no output cap (max_tokens) and the price "
                                f"table has no maximum output for {model!r}")
-        return tokens, store.to_pico(worst.cost(found.prices, b)), None
+        return tokens, store.to_nano(worst.cost(found.prices, b)), None
 
     def _refuse_budget(self, ex: Exchange, short: Shortfall, now: float) -> None:
         acc = short.account

@@ -37,7 +37,7 @@ TOPUP_TIMEOUT = 5.0
 
 @dataclass(slots=True)
 class Account:
-    """One budget in one period, as this worker holds it. All amounts in picodollars."""
+    """One budget in one period, as this worker holds it. All amounts in nanodollars."""
 
     budget: Budget
     start: str

@@ -1,5 +1,6 @@
 """The budget and rate-limit tables: definitions the CLI writes, spend and leases the daemon
-keeps. Amounts are whole picodollars (10^-12 USD) so sums are exact integers in any SQL.
+keeps. Amounts are whole nanodollars (10^-9 USD; a charge is rounded up to the next one), so
+every sum is an exact integer in any SQL.
 
 Invariant, per scope and period: spent + every holder's lease <= the budget's amount.
 A holder (one worker process) spends only from its lease; settling moves an amount from its
@@ -18,27 +19,28 @@ from steward import db
 from steward.budgets import scopes
 from steward.errors import NotFoundError, StewardError
 
-PICO = Decimal("1e12")
+NANO = Decimal("1e9")
+MAX_USD = 10**9  # in nanodollars, far inside a signed 64-bit integer
 
 
-def to_pico(usd: Decimal) -> int:
+def to_nano(usd: Decimal) -> int:
     """Rounded up: a reservation or a charge is never less than the dollars it stands for."""
-    return int((usd * PICO).to_integral_value(rounding=ROUND_CEILING))
+    return int((usd * NANO).to_integral_value(rounding=ROUND_CEILING))
 
 
-def to_usd(pico: int) -> Decimal:
-    return (Decimal(pico) / PICO).normalize()
+def to_usd(nano: int) -> Decimal:
+    return (Decimal(nano) / NANO).normalize()
 
 
-def usd_text(pico: int) -> str:
-    value = to_usd(pico)
+def usd_text(nano: int) -> str:
+    value = to_usd(nano)
     return format(value, "f") if value else "0"
 
 
 @dataclass(frozen=True, slots=True)
 class Budget:
     scope: str
-    amount: int  # picodollars
+    amount: int  # nanodollars
     period: str
 
 
@@ -56,14 +58,16 @@ def parse_amount(text: str) -> int:
         raise StewardError(f"amount {text!r}: give US dollars, e.g. 25 or 0.50") from None
     if not value.is_finite() or value <= 0:
         raise StewardError(f"amount {text!r}: must be more than 0")
-    return to_pico(value)
+    if value > MAX_USD:
+        raise StewardError(f"amount {text!r}: at most {MAX_USD:,} US dollars")
+    return to_nano(value)
 
 
 def set_budget(conn: sqlite3.Connection, scope: str, amount: int, period: str) -> None:
     if period not in scopes.PERIODS:
         raise StewardError(f"--per {period!r}: use one of {', '.join(scopes.PERIODS)}")
-    conn.execute("INSERT INTO budgets (scope, amount_pusd, period, created_at) VALUES (?, ?, ?, ?)"
-                 " ON CONFLICT (scope) DO UPDATE SET amount_pusd = excluded.amount_pusd,"
+    conn.execute("INSERT INTO budgets (scope, amount_nusd, period, created_at) VALUES (?, ?, ?, ?)"
+                 " ON CONFLICT (scope) DO UPDATE SET amount_nusd = excluded.amount_nusd,"
                  " period = excluded.period", (scope, amount, period, time.time()))
 
 
@@ -76,7 +80,7 @@ def remove_budget(conn: sqlite3.Connection, scope: str) -> None:
 
 
 def load_budgets(conn: sqlite3.Connection) -> dict[str, Budget]:
-    rows = conn.execute("SELECT scope, amount_pusd, period FROM budgets").fetchall()
+    rows = conn.execute("SELECT scope, amount_nusd, period FROM budgets").fetchall()
     return {r[0]: Budget(r[0], int(r[1]), r[2]) for r in rows}
 
 
@@ -127,23 +131,23 @@ def standings(conn: sqlite3.Connection, now: float) -> list[Standing]:
 
 
 def spent_in(conn: sqlite3.Connection, scope: str, start: str) -> int:
-    row = conn.execute("SELECT spent_pusd FROM budget_spend WHERE scope = ? AND period_start = ?",
+    row = conn.execute("SELECT spent_nusd FROM budget_spend WHERE scope = ? AND period_start = ?",
                        (scope, start)).fetchone()
     return int(row[0]) if row else 0
 
 
 def _leased(conn: sqlite3.Connection, scope: str, start: str, but: str = ""
             ) -> tuple[int, int]:
-    row = conn.execute("SELECT COALESCE(SUM(held_pusd), 0), COALESCE(SUM(reserved_pusd), 0) "
+    row = conn.execute("SELECT COALESCE(SUM(held_nusd), 0), COALESCE(SUM(reserved_nusd), 0) "
                        "FROM budget_leases WHERE scope = ? AND period_start = ? AND holder <> ?",
                        (scope, start, but)).fetchone()
     return int(row[0]), int(row[1])
 
 
 def add_spent(conn: sqlite3.Connection, scope: str, start: str, amount: int) -> None:
-    conn.execute("INSERT INTO budget_spend (scope, period_start, spent_pusd) VALUES (?, ?, ?) "
+    conn.execute("INSERT INTO budget_spend (scope, period_start, spent_nusd) VALUES (?, ?, ?) "
                  "ON CONFLICT (scope, period_start) DO UPDATE SET "
-                 "spent_pusd = budget_spend.spent_pusd + excluded.spent_pusd",
+                 "spent_nusd = budget_spend.spent_nusd + excluded.spent_nusd",
                  (scope, start, amount))
 
 
@@ -161,17 +165,17 @@ def write_lease(conn: sqlite3.Connection, holder: str, scope: str, start: str, h
         conn.execute("DELETE FROM budget_leases WHERE holder = ? AND scope = ? AND "
                      "period_start = ?", (holder, scope, start))
         return
-    conn.execute("INSERT INTO budget_leases (holder, scope, period_start, held_pusd, "
-                 "reserved_pusd, renewed_at) VALUES (?, ?, ?, ?, ?, ?) "
+    conn.execute("INSERT INTO budget_leases (holder, scope, period_start, held_nusd, "
+                 "reserved_nusd, renewed_at) VALUES (?, ?, ?, ?, ?, ?) "
                  "ON CONFLICT (holder, scope, period_start) DO UPDATE SET "
-                 "held_pusd = excluded.held_pusd, reserved_pusd = excluded.reserved_pusd, "
+                 "held_nusd = excluded.held_nusd, reserved_nusd = excluded.reserved_nusd, "
                  "renewed_at = excluded.renewed_at", (holder, scope, start, held, reserved, now))
 
 
 def leases_of_others(conn: sqlite3.Connection, holder: str
                      ) -> list[tuple[str, str, str, int, float]]:
     """(holder, scope, period_start, held, renewed_at) of every other holder's lease."""
-    rows = conn.execute("SELECT holder, scope, period_start, held_pusd, renewed_at "
+    rows = conn.execute("SELECT holder, scope, period_start, held_nusd, renewed_at "
                         "FROM budget_leases WHERE holder <> ?", (holder,)).fetchall()
     return [(r[0], r[1], r[2], int(r[3]), float(r[4])) for r in rows]
 

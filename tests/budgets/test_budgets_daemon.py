@@ -28,6 +28,7 @@ OUTPUT_PER_MILLION = "1000"
 class Setup:
     def __init__(self, home: Path, daemon: Daemon, upstream: FakeUpstream):
         self.home, self.daemon, self.upstream = home, daemon, upstream
+        self.clients: list[openai.AsyncOpenAI] = []
 
     def key(self, name: str) -> tuple[str, str]:
         """A new gateway key: (the secret, its id)."""
@@ -49,8 +50,23 @@ class Setup:
         return sum(1 for seen in self.upstream.requests
                    if seen.body and json.loads(seen.body).get("model") == model)
 
+    def run(self, coroutine: Any) -> Any:
+        """asyncio.run, closing the SDK clients it made inside the same loop."""
+        async def main() -> Any:
+            try:
+                return await coroutine
+            finally:
+                clients, self.clients = self.clients, []
+                for client in clients:
+                    await client.close()
+        return asyncio.run(main())
+
     def client(self, key: str, behavior: str = "completion-tokens:10",
                timeout: float = 30) -> openai.AsyncOpenAI:
+        self.clients.append(self._client(key, behavior, timeout))
+        return self.clients[-1]
+
+    def _client(self, key: str, behavior: str, timeout: float) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.daemon.url + "/v1", api_key="sk-test",
                                   max_retries=0, timeout=timeout,
                                   default_headers={"X-Majordomo-Key": key,
@@ -95,7 +111,7 @@ def test_fifty_at_once_against_ten_requests_of_budget(setup: Setup) -> None:
         return await asyncio.gather(*(ask(client, model) for _ in range(50)),
                                     return_exceptions=True)
 
-    results = asyncio.run(run())
+    results = setup.run(run())
     ok = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, openai.RateLimitError)]
     assert len(ok) == 10, results
@@ -133,7 +149,7 @@ def test_every_way_a_request_ends_gives_its_reservation_back(setup: Setup) -> No
         with pytest.raises(openai.APITimeoutError):  # the caller gives up and goes away
             await ask(setup.client(key, "hold", timeout=1), model)
 
-    asyncio.run(failing())
+    setup.run(failing())
     wait_for(lambda: len(setup.records(key_id)) == 3, timeout=15)
     wait_for(lambda: setup.budgets()[f"key:{key_id}"]["reserved"] == "0", timeout=10)
     assert setup.budgets()[f"key:{key_id}"]["spent"] == "0"
@@ -145,7 +161,7 @@ def test_every_way_a_request_ends_gives_its_reservation_back(setup: Setup) -> No
             await ask(client, model)
         return first
 
-    asyncio.run(spend_it_all())
+    setup.run(spend_it_all())
     wait_for(lambda: setup.budgets()[f"key:{key_id}"]["spent"] == "0.02", timeout=10)
 
 
@@ -174,7 +190,7 @@ def test_requests_per_minute(setup: Setup) -> None:
         return caught.value
 
     before = setup.forwarded(model)
-    err = asyncio.run(run())
+    err = setup.run(run())
     assert setup.forwarded(model) - before >= 3
     assert sum(1 for r in setup.upstream.requests[-3:] if json.loads(r.body)["model"] == model) == 3
     wait = int(err.response.headers["retry-after"])
@@ -191,7 +207,7 @@ def test_metrics_show_spend_and_remaining(setup: Setup) -> None:
     model = setup.model()
     cli("budgets", "set", "key:team-metrics", "1", "--per", "week", home=setup.home)
     wait_for(lambda: _budget_seen(setup, key_id), timeout=10)
-    asyncio.run(ask(setup.client(key), model))
+    setup.run(ask(setup.client(key), model))
 
     def figures() -> dict[str, float]:
         text = httpx.get(setup.daemon.admin_url + "/metrics", timeout=10).text
@@ -210,8 +226,8 @@ def test_a_restart_keeps_what_was_spent(setup: Setup) -> None:
     model = setup.model()
     cli("budgets", "set", "key:team-restart", "0.03", "--per", "total", home=setup.home)
     wait_for(lambda: _budget_seen(setup, key_id), timeout=10)
-    asyncio.run(ask(setup.client(key), model))
-    asyncio.run(ask(setup.client(key), model))
+    setup.run(ask(setup.client(key), model))
+    setup.run(ask(setup.client(key), model))
     setup.daemon.stop()
     assert setup.budgets()[f"key:{key_id}"]["spent"] == "0.02"  # settled on the way out
     setup.daemon.start()
@@ -222,7 +238,7 @@ def test_a_restart_keeps_what_was_spent(setup: Setup) -> None:
         with pytest.raises(openai.RateLimitError, match=r"does not reset"):
             await ask(client, model)
 
-    asyncio.run(after())
+    setup.run(after())
 
 
 def test_two_workers_share_one_budget_exactly(tmp_path: Path, upstream: FakeUpstream) -> None:
@@ -244,7 +260,7 @@ def test_two_workers_share_one_budget_exactly(tmp_path: Path, upstream: FakeUpst
             return await asyncio.gather(*(ask(client, model) for _ in range(50)),
                                         return_exceptions=True)
 
-        results = asyncio.run(run())
+        results = setup.run(run())
         assert sum(1 for r in results if not isinstance(r, BaseException)) == 10, results
         assert setup.forwarded(model) == 10
         assert len(daemon.workers()) == 2

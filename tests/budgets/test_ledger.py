@@ -15,7 +15,7 @@ from steward.budgets import store
 from steward.budgets.ledger import Hold, Ledger, Shortfall
 from steward.budgets.rates import Window
 
-CENT = 10**10  # $0.01 in picodollars
+CENT = 10**7  # $0.01 in nanodollars
 
 
 class Clock:
