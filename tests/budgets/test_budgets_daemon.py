@@ -247,13 +247,15 @@ def test_two_workers_share_one_budget_exactly(tmp_path: Path, upstream: FakeUpst
     home = tmp_path / "home"
     init_home(home)
     env = {**provider_env(upstream.url), "STEWARD_BUDGET_SYNC_SECONDS": "0.1"}
-    daemon = Daemon(home, env=env, args=("--workers", "2")).start()
+    daemon = Daemon(home, env=env, args=("--workers", "2"))
+    setup = Setup(home, daemon, upstream)
+    key, key_id = setup.key("team-two")
+    model = setup.model()
+    # Set before the start: each worker applies a change at its own refresh, so one set while
+    # they run could meet a worker that has not applied it yet.
+    cli("budgets", "set", "key:team-two", "0.10", "--per", "day", home=home)
+    daemon.start()
     try:
-        setup = Setup(home, daemon, upstream)
-        key, key_id = setup.key("team-two")
-        model = setup.model()
-        cli("budgets", "set", "key:team-two", "0.10", "--per", "day", home=home)
-        wait_for(lambda: _budget_seen(setup, key_id), timeout=10)
 
         async def run() -> list[Any]:
             client = setup.client(key)
