@@ -33,6 +33,7 @@ log = logging.getLogger("steward")
 SYNC_SECONDS = float(os.environ.get("STEWARD_BUDGET_SYNC_SECONDS", "0.5"))
 LEASE_TTL = 600.0
 TOPUP_TIMEOUT = 5.0
+SYNC_LOCK = int.from_bytes(b"STEWBUDG", "big")  # one budget sync at a time, every node
 
 
 @dataclass(slots=True)
@@ -239,6 +240,10 @@ class Ledger:
         conn = self._conn
         out = []
         with db.transaction(conn):
+            if getattr(conn, "dialect", "sqlite") == "postgresql":
+                # SQLite's BEGIN IMMEDIATE already makes writers take turns; PostgreSQL's
+                # READ COMMITTED would let two syncs both see the same free amount.
+                conn.execute("SELECT pg_advisory_xact_lock(?)", (SYNC_LOCK,))
             self._charge_dead(conn, now)
             for (scope, start), acc, unsynced, held, reserved, want in snapshot:
                 if unsynced:

@@ -241,8 +241,13 @@ class Gateway:
             degraded.append("metadata upload")
         if spool["held_records"]:
             degraded.append("metadata spool")
+        ledger = self.governor.ledger
+        if ledger.sync_error:
+            degraded.append("budget sync")
         return self.ready, {"ready": self.ready, "degraded": degraded, "bodies": bodies,
-                            "upload": upload, "spool": spool}
+                            "upload": upload, "spool": spool,
+                            "budgets": {"count": len(ledger.budgets),
+                                        "sync_error": ledger.sync_error}}
 
     async def _sweep_bodies(self, store: LocalStore, retention: float) -> None:
         """bodies.retention: whole days past it are deleted at start-up, then hourly."""

@@ -5,6 +5,7 @@ its reservation back, and a restart keeps what was spent."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -269,3 +270,52 @@ def test_two_workers_share_one_budget_exactly(tmp_path: Path, upstream: FakeUpst
         wait_for(lambda: setup.budgets()[f"key:{key_id}"]["spent"] == "0.1", timeout=10)
     finally:
         daemon.stop()
+
+
+def test_a_database_out_of_reach_spends_only_what_is_held(setup: Setup) -> None:
+    """The database locked by another writer (as good as down for a worker): a request that
+    needs more than the worker holds is answered 503 at once after the top-up times out, and
+    /readyz says budget syncs fail; once the database is back, requests pass again."""
+    import sqlite3
+
+    key, key_id = setup.key("team-offline")
+    model = setup.model()
+    cli("budgets", "set", "key:team-offline", "1", "--per", "day", home=setup.home)
+    wait_for(lambda: _budget_seen(setup, key_id), timeout=10)
+    setup.run(ask(setup.client(key), model))
+    # Idle, the worker gives its lease back within a sync or two.
+    wait_for(lambda: setup.budgets()[f"key:{key_id}"]["reserved"] == "0"
+             and _held(setup.home, key_id) == 0, timeout=10)
+    blocker = sqlite3.connect(setup.home / "steward.db", timeout=10, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        async def refused() -> openai.APIStatusError:
+            with pytest.raises(openai.APIStatusError) as caught:
+                await ask(setup.client(key, timeout=60), model)
+            return caught.value
+
+        err = setup.run(refused())
+        assert err.status_code == 503 and err.response.headers["retry-after"] == "1"
+        assert "the database cannot be reached" in str(err)
+        ready = wait_for(lambda: _degraded(setup), timeout=15)
+        assert "locked" in ready["budgets"]["sync_error"]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    setup.run(ask(setup.client(key), model))
+    record = [r for r in setup.records(key_id) if r["status"] == 503][-1]
+    assert record["error"] == f"budget_unavailable:key:{key_id}"
+
+
+def _held(home: Path, key_id: str) -> int:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(home / "steward.db")) as conn:
+        row = conn.execute("SELECT COALESCE(SUM(held_nusd), 0) FROM budget_leases "
+                           "WHERE scope = ?", (f"key:{key_id}",)).fetchone()
+    return int(row[0])
+
+
+def _degraded(setup: Setup) -> dict[str, Any] | None:
+    ready = httpx.get(setup.daemon.admin_url + "/readyz", timeout=10).json()
+    return ready if "budget sync" in ready["degraded"] else None
