@@ -33,6 +33,7 @@ log = logging.getLogger("steward")
 SYNC_SECONDS = float(os.environ.get("STEWARD_BUDGET_SYNC_SECONDS", "0.5"))
 LEASE_TTL = 600.0
 TOPUP_TIMEOUT = 5.0
+IDLE_READ_SECONDS = 5.0  # nothing held or owed: only read the figures for /metrics this often
 SYNC_LOCK = int.from_bytes(b"STEWBUDG", "big")  # one budget sync at a time, every node
 
 
@@ -48,6 +49,7 @@ class Account:
     unsynced: int = 0  # settled here since the last sync
     waiting: int = 0  # reservations waiting for a top-up
     peak: int = 0  # the most in flight (and waiting) since the last sync
+    recorded: bool = False  # the database has a lease row of this worker's for it
     spent_all: int = 0  # every holder's settled spend, as of the last sync
     free_all: int = 0  # what nobody held at the last sync
     slack: int = 0  # other workers' leases not in flight at their last syncs
@@ -91,6 +93,7 @@ class Ledger:
         self._lock = asyncio.Lock()
         self._syncing: set[asyncio.Future[None]] = set()
         self.last_sync = clock()
+        self._last_read = float("-inf")
         self.sync_error: str | None = None
 
     # -- on the event loop, per request ------------------------------------------------------
@@ -192,7 +195,16 @@ class Ledger:
             snapshot.append((key, acc, acc.unsynced, acc.held, acc.reserved, want))
             acc.unsynced = 0
             acc.peak = acc.reserved
-        work = asyncio.ensure_future(asyncio.to_thread(self._write, snapshot, now))
+        # Nothing held, owed or wanted: no write transaction (every commit would wake the
+        # other workers' change checks), and the figures only every few seconds.
+        # After a failure, every sync is a write: only a write shows the database takes them.
+        idle = self.sync_error is None and not any(
+            unsynced or held or reserved or want or acc.recorded
+            for _, acc, unsynced, held, reserved, want in snapshot)
+        if idle and now - self._last_read < IDLE_READ_SECONDS:
+            return True
+        self._last_read = now
+        work = asyncio.ensure_future(asyncio.to_thread(self._write, snapshot, now, not idle))
         try:
             try:
                 results = await asyncio.shield(work)
@@ -201,7 +213,7 @@ class Ledger:
                 # known here, or settled spend would be lost or counted twice.
                 await asyncio.wait([work])
                 if work.exception() is None:
-                    self._apply(snapshot, work.result(), now)
+                    self._apply(snapshot, work.result(), now, not idle)
                 else:
                     self._unsent(snapshot)
                 raise
@@ -216,7 +228,7 @@ class Ledger:
         if self.sync_error is not None:
             log.info("budgets: syncing with the database again")
             self.sync_error = None
-        self._apply(snapshot, results, now)
+        self._apply(snapshot, results, now, not idle)
         return True
 
     @staticmethod
@@ -224,21 +236,29 @@ class Ledger:
         for _, acc, unsynced, *_ in snapshot:
             acc.unsynced += unsynced  # sent again with the next sync
 
-    def _apply(self, snapshot: list, results: list[tuple[int, int, int, int]], now: float) -> None:
+    def _apply(self, snapshot: list, results: list[tuple[int, int, int, int]], now: float,
+               wrote: bool = True) -> None:
         self.last_sync = now
         for (key, acc, *_), (grant, spent_all, free_all, slack) in zip(snapshot, results,
                                                                         strict=True):
             acc.held += grant
             acc.spent_all, acc.free_all, acc.slack = spent_all, free_all, slack
+            acc.recorded = acc.held > 0 or acc.reserved > 0 if wrote else acc.recorded
             if acc.held <= 0 and acc.reserved == 0 and acc.unsynced == 0 and (
                     self.accounts.get(key) is acc and not _is_current(self, acc, now)):
                 del self.accounts[key]  # a past period or a removed budget, all settled
 
-    def _write(self, snapshot: list, now: float) -> list[tuple[int, int, int, int]]:
+    def _write(self, snapshot: list, now: float, write: bool = True
+               ) -> list[tuple[int, int, int, int]]:
         if self._conn is None:
             self._conn = self._connect()
         conn = self._conn
         out = []
+        if not write:  # the figures only
+            for (scope, start), acc, *_ in snapshot:
+                free, slack = store.free(conn, acc.budget, start, self.holder)
+                out.append((0, store.spent_in(conn, scope, start), free, slack))
+            return out
         with db.transaction(conn):
             if getattr(conn, "dialect", "sqlite") == "postgresql":
                 # SQLite's BEGIN IMMEDIATE already makes writers take turns; PostgreSQL's
