@@ -48,8 +48,8 @@ class Setup:
         return {row["stored_scope"]: row for row in rows}
 
     def forwarded(self, model: str) -> int:
-        return sum(1 for seen in self.upstream.requests
-                   if seen.body and json.loads(seen.body).get("model") == model)
+        # The fake is shared with other tests, some of which send bodies that are not JSON.
+        return sum(1 for seen in self.upstream.requests if model.encode() in seen.body)
 
     def run(self, coroutine: Any) -> Any:
         """asyncio.run, closing the SDK clients it made inside the same loop."""
@@ -193,7 +193,7 @@ def test_requests_per_minute(setup: Setup) -> None:
     before = setup.forwarded(model)
     err = setup.run(run())
     assert setup.forwarded(model) - before >= 3
-    assert sum(1 for r in setup.upstream.requests[-3:] if json.loads(r.body)["model"] == model) == 3
+    assert sum(1 for r in setup.upstream.requests[-3:] if model.encode() in r.body) == 3
     wait = int(err.response.headers["retry-after"])
     assert 55 <= wait <= 60
     assert "rate limit exceeded for key:team-rpm: 3 requests per minute" in str(err)

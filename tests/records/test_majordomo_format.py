@@ -234,6 +234,8 @@ def _old_home(home: Path) -> str:
         conn.executescript("DROP INDEX gateway_keys_uuid;"
                            "ALTER TABLE gateway_keys DROP COLUMN uuid;"
                            "ALTER TABLE gateway_keys DROP COLUMN majordomo_key_id;"
+                           "DROP TABLE budgets; DROP TABLE budget_spend;"
+                           "DROP TABLE budget_leases; DROP TABLE rate_limits;"
                            "PRAGMA user_version = 4;")
         conn.execute("UPDATE gateway_keys SET id = 'key_0123456789ab'")
     return "key_0123456789ab"
