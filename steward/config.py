@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -125,6 +126,11 @@ SIZE = {"parse": parse_size}
 DURATION = {"parse": parse_duration}
 
 
+def _node_name(v: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}", v):
+        raise ValueError("a node name is 1-253 letters, digits, '.', '_' or '-'")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -135,6 +141,8 @@ class ServerConfig:
     drain_timeout: float = field(default=30.0, metadata={**DURATION, "check": _positive})
     log_format: str = field(default="auto", metadata={"check": _log_format})
     access_log: bool = True  # one log line per request
+    # Every metadata record carries it, so a control plane can tell replicas apart.
+    node_name: str = field(default_factory=socket.gethostname, metadata={"check": _node_name})
 
 
 @dataclass(frozen=True)

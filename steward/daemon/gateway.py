@@ -104,6 +104,7 @@ class Gateway:
         limits = self.config.limits
         self.proxy = Proxy(self.router, self.keys, self.credentials, self.sessions, self.spool,
                            self._pricer, self.bodies, self.metrics, limits)
+        self.proxy.node = self.config.server.node_name
         self._tasks = [asyncio.create_task(self._keep_keys_fresh()),
                        asyncio.create_task(self.spool.run_fsync()),
                        asyncio.create_task(self.spool.run_retry())]
