@@ -284,6 +284,22 @@ class TelemetryConfig:
     sample_ratio: float = field(default=1.0, metadata={"check": _ratio})
 
 
+def _database_url(v: str) -> None:
+    # The value is never echoed: it may hold a password.
+    if v and not re.match(r"postgres(ql)?://", v):
+        raise ValueError("expected postgresql://user@host:port/dbname, or empty for the "
+                         "home's SQLite file")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where gateway state lives: empty url, the home's SQLite file; else PostgreSQL, shared by
+    every node (see steward/postgres.py)."""
+
+    url: str = field(default="", metadata={"check": _database_url})
+    password_file: str = ""  # the password, kept out of the URL (a mounted Secret)
+
+
 # The built-in providers: one per built-in wire format, under the format's name.
 DEFAULT_PROVIDERS: dict[str, ProviderConfig] = {
     name: ProviderConfig(name, providers.FORMATS[name].default_base_url)
@@ -297,6 +313,7 @@ _SECTIONS: dict[str, type] = {
     "metadata": MetadataConfig,
     "pricing": PricingConfig,
     "telemetry": TelemetryConfig,
+    "database": DatabaseConfig,
 }
 
 
@@ -310,6 +327,7 @@ class Config:
     metadata: MetadataConfig = MetadataConfig()
     pricing: PricingConfig = PricingConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    database: DatabaseConfig = DatabaseConfig()
 
     @property
     def path(self) -> Path:
@@ -514,6 +532,7 @@ def effective_dict(config: Config) -> dict[str, Any]:
         if isinstance(value, str) and _SECRET_FIELD.search(name) and value:
             return "********"
         if isinstance(value, str):
+            value = re.sub(r"(password=)[^&\s]+", r"\1****", value)
             return re.sub(r"//[^/@\s]+@", "//****@", value)
         return value
 

@@ -63,7 +63,8 @@ class Gateway:
         self.bodies: BodyWriter | None = None
         self.sessions: dict[str, aiohttp.ClientSession] = {}
         self.proxy: Proxy | None = None
-        self._db: sqlite3.Connection | None = None
+        self._db: db.Connection | None = None
+        self._generation = 0  # PostgreSQL: changes heard of, in place of SQLite's data_version
         self._data_version = -1
         self._prices_mtime = -1
         self._pricer: Pricer | None = None
@@ -83,7 +84,7 @@ class Gateway:
             loop = asyncio.get_running_loop()
             loop.set_debug(True)
             loop.slow_callback_duration = 0.025
-        self._db = await asyncio.to_thread(db.connect, self.home.db)
+        self._db = await asyncio.to_thread(db.open_database, self.config)
         self._vault, _ = await asyncio.to_thread(master_key.open_vault, self.config.home,
                                                  self._db)
         await asyncio.to_thread(self._refresh_keys)
@@ -148,7 +149,8 @@ class Gateway:
     def _refresh_keys(self) -> None:
         """Reload keys, provider keys and prices when the CLI has changed them."""
         assert self._db is not None
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        version = self._generation if db.is_postgres(self._db) else \
+            self._db.execute("PRAGMA data_version").fetchone()[0]
         active = self.home.prices
         mtime = active.stat().st_mtime_ns if active.exists() else 0
         if version != self._data_version or mtime != self._prices_mtime:
