@@ -22,6 +22,7 @@ from steward.bodies.writer import BodyWriter
 from steward.config import Config, load_config
 from steward.daemon import allocator, logs, telemetry
 from steward.daemon.metrics import Metrics
+from steward.daemon.state_sync import StateSync
 from steward.daemon.supervisor import InProcessReporter, Reporter
 from steward.errors import StewardError
 from steward.home import Home
@@ -64,6 +65,7 @@ class Gateway:
         self.sessions: dict[str, aiohttp.ClientSession] = {}
         self.proxy: Proxy | None = None
         self._db: db.Connection | None = None
+        self.sync: StateSync | None = None  # PostgreSQL: changes pushed by the database
         self._generation = 0  # PostgreSQL: changes heard of, in place of SQLite's data_version
         self._data_version = -1
         self._prices_mtime = -1
@@ -110,6 +112,9 @@ class Gateway:
                        asyncio.create_task(self.spool.run_fsync()),
                        asyncio.create_task(self.spool.run_retry())]
         self._tasks.append(asyncio.create_task(self._report()))
+        if db.is_postgres(self._db):
+            self.sync = StateSync(self._db.target, self._state_changed)  # type: ignore[union-attr]
+            self._tasks.append(asyncio.create_task(self.sync.run()))
         if self.config.pricing.refresh_interval > 0:
             self._tasks.append(asyncio.create_task(self._refresh_prices()))
         await self._start_uploader(self.config)
@@ -168,6 +173,16 @@ class Gateway:
                 self.credentials.keys = provider_keys.load_all(self._db, self._vault)
             self._data_version = version
 
+    async def _state_changed(self, kinds: frozenset[str]) -> None:
+        """PostgreSQL said `kinds` changed (or the node reconnected): reload now, off the
+        event loop; a failure leaves the change counted for the next refresh to retry."""
+        self._generation += 1
+        try:
+            await asyncio.to_thread(self._refresh_keys)
+        except (sqlite3.Error, StewardError) as exc:
+            log.error("could not reload %s from the database (will retry): %s",
+                      ", ".join(sorted(kinds)), exc)
+
     def _flush_last_used(self) -> None:
         if self._db is None:
             return
@@ -205,7 +220,9 @@ class Gateway:
                 # 1 in the one worker that holds the uploader lock: the sum is 1 when uploads
                 # run, 0 when an upload URL is set and nobody could take the lock.
                 "metadata_uploader_active": 1 if upload.get("lock_held") else 0,
-                "metadata_upload_failures": upload.get("failures", 0)}
+                "metadata_upload_failures": upload.get("failures", 0),
+                **({"database_connected": 1 if self.sync.connected else 0,
+                    "database_outages": self.sync.outages} if self.sync else {})}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready to serve; degraded storage or upload is reported, not a failure."""
@@ -220,8 +237,11 @@ class Gateway:
             degraded.append("metadata upload")
         if spool["held_records"]:
             degraded.append("metadata spool")
+        database = self.sync.status() if self.sync else {"backend": "sqlite"}
+        if self.sync is not None and not self.sync.connected:
+            degraded.append("database")  # serving with what it has: still ready
         return self.ready, {"ready": self.ready, "degraded": degraded, "bodies": bodies,
-                            "upload": upload, "spool": spool}
+                            "upload": upload, "spool": spool, "database": database}
 
     async def _sweep_bodies(self, store: LocalStore, retention: float) -> None:
         """bodies.retention: whole days past it are deleted at start-up, then hourly."""
