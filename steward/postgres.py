@@ -174,7 +174,8 @@ class PgConnection:
         verb = sql.strip().upper()
         if verb == "BEGIN IMMEDIATE":  # PostgreSQL's writers wait on row locks instead
             sql = verb = "BEGIN"
-        text, named = translate(sql)
+        # Without parameters psycopg sends the text as it is: no placeholders to map.
+        text, named = translate(sql) if params else (sql, False)
         args = _named(params) if named else (params or None)
         ends = verb.startswith(("COMMIT", "ROLLBACK"))
         with self._lock:

@@ -22,7 +22,7 @@ from steward.postgres import CHANNEL, KINDS, Target, generations
 log = logging.getLogger("steward")
 
 POLL_SECONDS = 10.0
-RECONNECT_CEILING = 1.0  # seconds between attempts at most: catch-up within a second of return
+RECONNECT_CEILING = 0.5  # seconds between attempts at most: caught up within a second of return
 QUERY_TIMEOUT = 5.0
 
 

@@ -19,6 +19,7 @@ from steward.secrets.crypto import Vault
 from tests.support.daemon import Daemon, cli, provider_env
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.postgres import PASSWORD, Postgres, require_postgres
+from tests.support.waiting import wait_for
 
 MASTER_KEY = "a1" * 32
 
@@ -114,7 +115,22 @@ def test_upgrade_from_previous_schema_two_nodes_at_once(database: str, upstream:
     for home, env in zip(homes, envs, strict=True):  # the nodes' homes, made before
         cli("init", home=home, env={k: v for k, v in env.items()
                                     if k != "STEWARD_DATABASE__URL"})
-    daemons = _start_both(homes, envs)
+    # Hold the migration lock, as a node busy migrating would: both nodes must wait for it.
+    holder = postgres.PgConnection(postgres.Target.from_config(database))
+    holder.execute("SELECT pg_advisory_lock(?)", (postgres.MIGRATION_LOCK,))
+    daemons = [Daemon(home, env=env) for home, env in zip(homes, envs, strict=True)]
+    with ThreadPoolExecutor(2) as pool:
+        starts = [pool.submit(d.start) for d in daemons]
+        try:
+            wait_for(lambda: holder.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ).fetchone()[0] == 2, 30, "both nodes to wait for the migration lock")
+            assert postgres.schema_version(holder) == db.SCHEMA_VERSION - 1
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(?)", (postgres.MIGRATION_LOCK,))
+            holder.close()
+        for start in starts:
+            start.result()
     try:
         assert all(_serves(d, plaintext) for d in daemons)
         assert _version(homes[1], envs[1]) == db.SCHEMA_VERSION

@@ -21,6 +21,7 @@ from tests.support.waiting import wait_for
 
 MASTER_KEY = "5e" * 32
 PROPAGATION = 1.0  # the promise: a change reaches every node within a second
+POLL_SECONDS = 10.0  # the safety net for lost notifications
 
 
 @dataclass
@@ -170,11 +171,21 @@ def test_database_down_nodes_serve_and_catch_up(cluster: Cluster, tag: str) -> N
         assert down.returncode != 0 and len(down.stderr.strip().splitlines()) == 1
         assert f"127.0.0.1:{cluster.pg.port}/steward" in down.stderr
         assert PASSWORD not in down.stderr
+        # Written while the nodes still cannot reach it (Unix socket only): no notification
+        # reaches them, so only catching up on their return can apply it.
+        cluster.pg.start(tcp=False)
+        cli("keys", "revoke", "outage", home=cluster.a.home,
+            env={**cluster.a.env, "STEWARD_DATABASE__URL": cluster.pg.socket_url()})
+        assert _chat(cluster.a, key) == 200 and _chat(cluster.b, key) == 200
+        cluster.pg.stop()
     finally:
         cluster.pg.start()
-    cluster.cli("keys", "revoke", "outage", node="a")
     _within(lambda: _chat(cluster.a, key) == 401 and _chat(cluster.b, key) == 401,
-            "both nodes to refuse a key revoked once the database is back")
+            "both nodes to refuse, within 1 s of the database's return, a key revoked "
+            "while they could not reach it")
+    # And a change made once it is back travels as usual.
+    fresh = _new_key(cluster, "after-outage", node="b")
+    _within(lambda: _chat(cluster.a, fresh) == 200, "node A to accept a key added after")
     for daemon in (cluster.a, cluster.b):
         assert _metric(daemon, "steward_database_connected") == 1
 
@@ -201,3 +212,18 @@ def test_node_starting_while_database_is_down_exits_naming_it(cluster: Cluster,
     assert "127.0.0.1:1/steward" in result.stderr and PASSWORD not in result.stderr
     shown = cli("config", "show", home=tmp_path / "h", env=env).stdout
     assert PASSWORD not in shown and "127.0.0.1:1/steward" in shown
+
+
+def test_a_lost_notification_is_caught_up_by_the_poll(cluster: Cluster) -> None:
+    """A change whose NOTIFY never arrived (written here without one) is applied by the
+    counters' poll, every 10 s."""
+    cluster.cli("providers", "set", "openai", "--api-key-stdin", input="sk-shared-0001\n")
+    key = _new_key(cluster, "lost")
+    for daemon in (cluster.a, cluster.b):
+        _within(lambda daemon=daemon: _chat(daemon, key) == 200, "the new key on both")
+    cluster.pg.psql("UPDATE gateway_keys SET revoked_at = extract(epoch FROM now()) "
+                    "WHERE name = 'lost'; UPDATE steward_changes "
+                    "SET generation = generation + 1 WHERE kind = 'keys'")
+    wait_for(lambda: _chat(cluster.a, key) == 401 and _chat(cluster.b, key) == 401,
+             POLL_SECONDS + 2, "the poll to find the change")
+

@@ -83,8 +83,15 @@ class Postgres:
         self.psql("CREATE DATABASE steward", dbname="postgres")
         return self
 
-    def start(self) -> None:
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+    def socket_url(self, dbname: str = "steward") -> str:
+        """Through the Unix socket: reachable while TCP is off (start(tcp=False))."""
+        return (f"postgresql://{USER}:{PASSWORD}@/{dbname}?host={self.root}&port={self.port}")
+
+    def start(self, tcp: bool = True) -> None:
+        """tcp=False: only the Unix socket listens, so nodes on 127.0.0.1 still find the
+        database down while a test writes to it."""
+        listen = "127.0.0.1" if tcp else "''"
+        options = (f"-p {self.port} -k {self.root} -c listen_addresses={listen} "
                    "-c fsync=off")
         self._as_postgres(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l",
                           str(self.root / "server.log"), "-o", options, "-w", "start")
