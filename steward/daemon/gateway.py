@@ -179,9 +179,23 @@ class Gateway:
         self._generation += 1
         try:
             await asyncio.to_thread(self._refresh_keys)
+            if "secrets" in kinds:
+                await self._reload_secrets()
         except (sqlite3.Error, StewardError) as exc:
             log.error("could not reload %s from the database (will retry): %s",
                       ", ".join(sorted(kinds)), exc)
+
+    async def _reload_secrets(self) -> None:
+        """A new upload token (`upload set --token-stdin` on any node) or telemetry header:
+        the uploader or exporter is replaced, as SIGHUP does for a changed steward.toml."""
+        if self.uploader is not None:
+            token = await asyncio.to_thread(provider_keys.get_secret, self._db, self._vault,
+                                            UPLOAD_TOKEN)
+            if token != self.uploader.token:
+                await self._stop_uploader()
+                await self._start_uploader(self.config)
+                log.info("metadata upload token changed; uploading with the new one")
+        await self._apply_telemetry(self.config)
 
     def _flush_last_used(self) -> None:
         if self._db is None:

@@ -14,6 +14,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.collector import Collector
 from tests.support.daemon import Daemon, cli, provider_env
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.postgres import PASSWORD, Postgres, require_postgres
@@ -22,6 +23,7 @@ from tests.support.waiting import wait_for
 MASTER_KEY = "5e" * 32
 PROPAGATION = 1.0  # the promise: a change reaches every node within a second
 POLL_SECONDS = 10.0  # the safety net for lost notifications
+UPLOAD_TOKEN = "upload-token-2"
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Cluster:
     a: Daemon
     b: Daemon
     upstream: FakeUpstream
+    collector: Collector  # wants a bearer token no node has until a test sets it
 
     def cli(self, *args: str, node: str = "a", input: str | None = None,
             check: bool = True) -> str:
@@ -38,9 +41,11 @@ class Cluster:
         return result.stdout + result.stderr
 
 
-def _env(pg: Postgres, name: str, home: Path, upstream: FakeUpstream) -> dict[str, str]:
+def _env(pg: Postgres, name: str, home: Path, upstream: FakeUpstream,
+         collector: Collector) -> dict[str, str]:
     env = {**provider_env(upstream.url), "STEWARD_MASTER_KEY": MASTER_KEY,
-           "STEWARD_SERVER__NODE_NAME": name, "STEWARD_ASYNCIO_DEBUG": "1"}
+           "STEWARD_SERVER__NODE_NAME": name, "STEWARD_ASYNCIO_DEBUG": "1",
+           "STEWARD_METADATA__UPLOAD_URL": collector.url, "STEWARD_METADATA__INTERVAL": "200ms"}
     if name == "node-a":
         env["STEWARD_DATABASE__URL"] = pg.url()
     else:  # the other way operators keep the password out of the URL
@@ -55,19 +60,21 @@ def _env(pg: Postgres, name: str, home: Path, upstream: FakeUpstream) -> dict[st
 def cluster(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[Cluster]:
     pg = Postgres(require_postgres()).init()
+    collector = Collector(token=UPLOAD_TOKEN).start()
     daemons = []
     try:
         for name in ("node-a", "node-b"):
             home = tmp_path_factory.mktemp(name)
-            env = _env(pg, name, home, upstream)
+            env = _env(pg, name, home, upstream, collector)
             cli("init", home=home, env=env)
             daemons.append(Daemon(home, env=env))
         with ThreadPoolExecutor(2) as pool:  # two nodes starting at once
             list(pool.map(Daemon.start, daemons))
-        yield Cluster(pg, daemons[0], daemons[1], upstream)
+        yield Cluster(pg, daemons[0], daemons[1], upstream, collector)
     finally:
         for daemon in daemons:
             daemon.stop()
+        collector.stop()
         pg.destroy()
 
 
@@ -227,3 +234,25 @@ def test_a_lost_notification_is_caught_up_by_the_poll(cluster: Cluster) -> None:
     wait_for(lambda: _chat(cluster.a, key) == 401 and _chat(cluster.b, key) == 401,
              POLL_SECONDS + 2, "the poll to find the change")
 
+
+
+def test_upload_token_set_once_is_used_by_both(cluster: Cluster, tag: str) -> None:
+    """Batches refused for want of the token are set aside (a 401 is final), so each round
+    sends new requests until both nodes' records are accepted."""
+    cluster.cli("providers", "set", "openai", "--api-key-stdin", input="sk-shared-0001\n")
+    key = _new_key(cluster, "uploaded")
+    for daemon in (cluster.a, cluster.b):
+        _within(lambda daemon=daemon: _chat(daemon, key) == 200, "the new key on both")
+    cluster.cli("upload", "set", cluster.collector.url, "--token-stdin",
+                input=UPLOAD_TOKEN + "\n", node="a")
+
+    def both_uploaded() -> bool:
+        seen = {str(r["node"]) for r in cluster.collector.accepted()
+                if str(r["tags"].get("test", "")).startswith(tag)}
+        for daemon in (cluster.a, cluster.b):
+            node = daemon.env["STEWARD_SERVER__NODE_NAME"]
+            if node not in seen:
+                assert _chat(daemon, key, f"{tag}-{time.monotonic_ns()}") == 200
+        return seen == {"node-a", "node-b"}
+    # Within a second of the change, plus an upload interval.
+    wait_for(both_uploaded, PROPAGATION + 1.0, "both nodes to upload with the token set once")
