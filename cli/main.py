@@ -10,7 +10,6 @@ import enum
 import json
 import math
 import os
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 from steward.cli.budgets import budgets_app, limits_app
+from steward.cli.database import database_app
 from steward.cli.options import HomeOption, JsonOption, out
 from steward.cli.telemetry import telemetry_app
 
@@ -66,6 +66,7 @@ app.add_typer(bodies_app, name="bodies")
 app.add_typer(telemetry_app, name="telemetry")
 app.add_typer(budgets_app, name="budgets")
 app.add_typer(limits_app, name="limits")
+app.add_typer(database_app, name="db")
 
 
 class KeyStore(enum.StrEnum):
@@ -79,11 +80,11 @@ def _home(home: Path | None) -> Path:
     return require_home(resolve_home(home))
 
 
-def _db(home: Path) -> contextlib.closing[sqlite3.Connection]:
-    return contextlib.closing(db.connect(Home(home).db))
+def _db(home: Path) -> contextlib.closing[db.Connection]:
+    return contextlib.closing(db.open_home(home))
 
 
-def _vault(home: Path, conn: sqlite3.Connection) -> Vault:
+def _vault(home: Path, conn: db.Connection) -> Vault:
     vault, _ = master_key.open_vault(home, conn)
     return vault
 
@@ -137,10 +138,27 @@ def init(home: HomeOption = None,
         out.print(f"  master key: {master.store} ({master.detail}), kept", highlight=False)
     if result.first_time:
         with _db(target) as conn:
-            key, plaintext = gateway_keys.add_key(conn, "default")
+            first = _first_key(conn)
+        if first is None:
+            out.print("The shared database already has gateway keys (`steward keys list`).")
+            return
+        key, plaintext = first
         out.print(f"\nGateway key [bold]{key.name}[/] ({key.id}) — shown once, store it now:")
         print(plaintext)
         out.print("Send it as the X-Majordomo-Key header. Start the gateway with `steward run`.")
+
+
+def _first_key(conn: db.Connection) -> tuple[gateway_keys.GatewayKey, str] | None:
+    """A new home's first key; None when the database is shared and already has keys (another
+    node's init, even one running at this moment, made them)."""
+    if gateway_keys.list_keys(conn):
+        return None
+    try:
+        return gateway_keys.add_key(conn, "default")
+    except StewardError:
+        if gateway_keys.list_keys(conn):
+            return None
+        raise
 
 
 @app.command()
@@ -328,7 +346,7 @@ ForOption = Annotated[str | None, typer.Option(
     "--for", help="A gateway key id or name: the key applies to that key only.")]
 
 
-def _scope(conn: sqlite3.Connection, for_key: str | None) -> str:
+def _scope(conn: db.Connection, for_key: str | None) -> str:
     return gateway_keys.find_key(conn, for_key).id if for_key else provider_keys.DEFAULT_SCOPE
 
 

@@ -21,7 +21,7 @@ from steward import db
 from steward.config import load_config, set_value
 from steward.daemon.telemetry import resolve, sealed_headers, store_headers
 from steward.errors import StewardError
-from steward.home import Home, require_home, resolve_home
+from steward.home import require_home, resolve_home
 from steward.secrets import master_key
 
 telemetry_app = typer.Typer(no_args_is_help=True, help="OpenTelemetry export of spans and "
@@ -74,7 +74,7 @@ def telemetry_set(
         if given is not None:
             set_value(target, f"telemetry.{key}", given)
     if values or clear_headers:
-        with contextlib.closing(db.connect(Home(target).db)) as conn:
+        with contextlib.closing(db.open_home(target)) as conn:
             vault, _ = master_key.open_vault(target, conn)
             stored = {} if clear_headers else sealed_headers(conn, vault)
             for name, value in values.items():
@@ -92,7 +92,7 @@ def telemetry_set(
 
 def _effective(target: Path) -> dict[str, object]:
     config = load_config(target)
-    with contextlib.closing(db.connect(Home(target).db)) as conn:
+    with contextlib.closing(db.open_home(target)) as conn:
         vault, _ = master_key.open_vault(target, conn)
         sealed = sealed_headers(conn, vault)
     settings = resolve(config.telemetry, os.environ, sealed)

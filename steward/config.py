@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -125,6 +126,11 @@ SIZE = {"parse": parse_size}
 DURATION = {"parse": parse_duration}
 
 
+def _node_name(v: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}", v):
+        raise ValueError("a node name is 1-253 letters, digits, '.', '_' or '-'")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -135,6 +141,8 @@ class ServerConfig:
     drain_timeout: float = field(default=30.0, metadata={**DURATION, "check": _positive})
     log_format: str = field(default="auto", metadata={"check": _log_format})
     access_log: bool = True  # one log line per request
+    # Every metadata record carries it, so a control plane can tell replicas apart.
+    node_name: str = field(default_factory=socket.gethostname, metadata={"check": _node_name})
 
 
 @dataclass(frozen=True)
@@ -286,6 +294,20 @@ class BudgetsConfig:
     # A request under a budget whose cost cannot be bounded (no price for its model, or no
     # output cap in the request or the price table): refused (deny), or let through uncounted.
     unpriced: str = field(default="deny", metadata={"check": _unpriced})
+def _database_url(v: str) -> None:
+    # The value is never echoed: it may hold a password.
+    if v and not re.match(r"postgres(ql)?://", v):
+        raise ValueError("expected postgresql://user@host:port/dbname, or empty for the "
+                         "home's SQLite file")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where gateway state lives: empty url, the home's SQLite file; else PostgreSQL, shared by
+    every node (see steward/postgres.py)."""
+
+    url: str = field(default="", metadata={"check": _database_url})
+    password_file: str = ""  # the password, kept out of the URL (a mounted Secret)
 
 
 # The built-in providers: one per built-in wire format, under the format's name.
@@ -302,6 +324,7 @@ _SECTIONS: dict[str, type] = {
     "pricing": PricingConfig,
     "telemetry": TelemetryConfig,
     "budgets": BudgetsConfig,
+    "database": DatabaseConfig,
 }
 
 
@@ -316,6 +339,7 @@ class Config:
     pricing: PricingConfig = PricingConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     budgets: BudgetsConfig = BudgetsConfig()
+    database: DatabaseConfig = DatabaseConfig()
 
     @property
     def path(self) -> Path:
@@ -520,6 +544,7 @@ def effective_dict(config: Config) -> dict[str, Any]:
         if isinstance(value, str) and _SECRET_FIELD.search(name) and value:
             return "********"
         if isinstance(value, str):
+            value = re.sub(r"(password=)[^&\s]+", r"\1****", value)
             return re.sub(r"//[^/@\s]+@", "//****@", value)
         return value
 

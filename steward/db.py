@@ -1,4 +1,5 @@
-"""The gateway database: SQLite with numbered migrations tracked in PRAGMA user_version.
+"""The gateway database: SQLite with numbered migrations tracked in PRAGMA user_version, or
+PostgreSQL shared by several nodes (database.url; steward/postgres.py maps the dialect).
 
 Only the CLI and background tasks touch it; the request path reads in-memory copies.
 """
@@ -9,8 +10,16 @@ import os
 import sqlite3
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from steward.errors import StewardError
+
+if TYPE_CHECKING:
+    from steward.config import Config
+    from steward.postgres import PgConnection
+
+# Either backend: PgConnection takes sqlite3's placeholders and raises its exception classes.
+Connection: TypeAlias = "sqlite3.Connection | PgConnection"
 
 MIGRATIONS: list[str] = [
     # 1: gateway keys, stored as a SHA-256 of a 256-bit random secret.
@@ -133,6 +142,63 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def open_home(home: Path, env: Any = None) -> Connection:
+    """This home's gateway database, migrated: PostgreSQL when database.url is set, else the
+    home's SQLite file."""
+    from steward.config import load_config
+
+    return open_database(load_config(home, env))
+
+
+def open_database(config: Config) -> Connection:
+    from steward.home import Home
+
+    if not config.database.url:
+        return connect(Home(config.home).db)
+    return connect_postgres(config.database.url, config.database.password_file)
+
+
+def connect_postgres(url: str, password_file: str = "") -> Connection:
+    from steward import postgres
+
+    conn = postgres.PgConnection(postgres.Target.from_config(url, password_file))
+    try:
+        postgres.migrate(conn, MIGRATIONS, _fill_legacy_uuids)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def is_postgres(conn: Connection) -> bool:
+    return getattr(conn, "dialect", "sqlite") == "postgresql"
+
+
+def schema_version(conn: Connection) -> int:
+    if is_postgres(conn):
+        from steward import postgres
+
+        return postgres.schema_version(conn)  # type: ignore[arg-type]
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _fill_legacy_uuids(conn: Connection) -> None:
+    """Migration 5 where the database cannot call Python: the same UUIDs, computed here."""
+    for (key_id,) in conn.execute("SELECT id FROM gateway_keys WHERE uuid IS NULL").fetchall():
+        conn.execute("UPDATE gateway_keys SET uuid = ? WHERE id = ?",
+                     (legacy_key_uuid(key_id), key_id))
+
+
+def changed(conn: Connection, kind: str) -> None:
+    """Inside a write transaction: tell running nodes that `kind` of state changed. SQLite
+    nodes notice by themselves (PRAGMA data_version); PostgreSQL nodes are notified on
+    commit."""
+    if is_postgres(conn):
+        from steward import postgres
+
+        postgres.announce(conn, kind)  # type: ignore[arg-type]
+
+
 def migrate(conn: sqlite3.Connection, path: Path) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
@@ -149,12 +215,12 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
         conn.execute(statement)
 
 
-def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+def get_meta(conn: Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return row[0] if row else None
 
 
-def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+def set_meta(conn: Connection, key: str, value: str) -> None:
     conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
@@ -162,10 +228,10 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
 class transaction:
     """BEGIN IMMEDIATE … COMMIT, rolled back on any exception."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: Connection):
         self.conn = conn
 
-    def __enter__(self) -> sqlite3.Connection:
+    def __enter__(self) -> Connection:
         self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 

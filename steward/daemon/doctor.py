@@ -68,11 +68,19 @@ def run_checks(home: Path) -> list[Check]:
     checks.append(_check("home writable", f"give this user write access to {home}", writable))
 
     def schema() -> str:
-        conn = sqlite3.connect(paths.db)
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-        finally:
-            conn.close()
+        cfg = state.get("config")
+        if isinstance(cfg, Config) and cfg.database.url:  # PostgreSQL: reach it, as nodes do
+            shared = db.open_database(cfg)
+            try:
+                version = db.schema_version(shared)
+            finally:
+                shared.close()
+        else:
+            conn = sqlite3.connect(paths.db)
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+            finally:
+                conn.close()
         if version != db.SCHEMA_VERSION:
             raise StewardError(f"schema version {version}, this Steward expects "
                                f"{db.SCHEMA_VERSION}")
@@ -82,7 +90,8 @@ def run_checks(home: Path) -> list[Check]:
                          "run any steward command once (it migrates), or upgrade Steward", schema))
 
     def key() -> str:
-        conn = db.connect(paths.db)
+        cfg = state.get("config")
+        conn = db.open_database(cfg) if isinstance(cfg, Config) else db.connect(paths.db)
         state["conn"] = conn
         vault, found = master_key.open_vault(home, conn)
         state["vault"] = vault
@@ -105,14 +114,13 @@ def run_checks(home: Path) -> list[Check]:
     cfg = state.get("config")
     conn = state.get("conn")
     vault = state.get("vault")
-    if isinstance(cfg, Config) and isinstance(conn, sqlite3.Connection) and isinstance(vault,
-                                                                                      Vault):
+    if isinstance(cfg, Config) and conn is not None and isinstance(vault, Vault):
         checks += _service_checks(cfg, conn, vault)
         conn.close()
     return checks
 
 
-def _service_checks(cfg: Config, conn: sqlite3.Connection, vault: Vault) -> list[Check]:
+def _service_checks(cfg: Config, conn: db.Connection, vault: Vault) -> list[Check]:
     checks = []
     if cfg.bodies.enabled:
         def bucket() -> str:

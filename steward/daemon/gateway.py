@@ -25,6 +25,7 @@ from steward.budgets.ledger import SYNC_SECONDS, Ledger, holder_name
 from steward.config import Config, load_config
 from steward.daemon import allocator, logs, telemetry
 from steward.daemon.metrics import Metrics
+from steward.daemon.state_sync import StateSync
 from steward.daemon.supervisor import InProcessReporter, Reporter
 from steward.errors import StewardError
 from steward.home import Home
@@ -66,7 +67,9 @@ class Gateway:
         self.bodies: BodyWriter | None = None
         self.sessions: dict[str, aiohttp.ClientSession] = {}
         self.proxy: Proxy | None = None
-        self._db: sqlite3.Connection | None = None
+        self._db: db.Connection | None = None
+        self.sync: StateSync | None = None  # PostgreSQL: changes pushed by the database
+        self._generation = 0  # PostgreSQL: changes heard of, in place of SQLite's data_version
         self._data_version = -1
         self._prices_mtime = -1
         self._pricer: Pricer | None = None
@@ -88,7 +91,7 @@ class Gateway:
             loop = asyncio.get_running_loop()
             loop.set_debug(True)
             loop.slow_callback_duration = 0.025
-        self._db = await asyncio.to_thread(db.connect, self.home.db)
+        self._db = await asyncio.to_thread(db.open_database, self.config)
         self._vault, _ = await asyncio.to_thread(master_key.open_vault, self.config.home,
                                                  self._db)
         await self._refresh()
@@ -111,11 +114,15 @@ class Gateway:
                            self._pricer, self.bodies, self.metrics, limits)
         self.proxy.governor = self.governor
         await self.governor.ledger.sync()  # charges the leases of workers that died
+        self.proxy.node = self.config.server.node_name
         self._tasks = [asyncio.create_task(self._keep_keys_fresh()),
                        asyncio.create_task(self.spool.run_fsync()),
                        asyncio.create_task(self.spool.run_retry()),
                        asyncio.create_task(self._sync_budgets())]
         self._tasks.append(asyncio.create_task(self._report()))
+        if db.is_postgres(self._db):
+            self.sync = StateSync(self._db.target, self._state_changed)  # type: ignore[union-attr]
+            self._tasks.append(asyncio.create_task(self.sync.run()))
         if self.config.pricing.refresh_interval > 0:
             self._tasks.append(asyncio.create_task(self._refresh_prices()))
         await self._start_uploader(self.config)
@@ -169,7 +176,8 @@ class Gateway:
     def _refresh_keys(self) -> None:
         """Reload keys, provider keys and prices when the CLI has changed them."""
         assert self._db is not None
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        version = self._generation if db.is_postgres(self._db) else \
+            self._db.execute("PRAGMA data_version").fetchone()[0]
         active = self.home.prices
         mtime = active.stat().st_mtime_ns if active.exists() else 0
         if version != self._data_version or mtime != self._prices_mtime:
@@ -188,6 +196,30 @@ class Gateway:
                 self._vault, _ = master_key.open_vault(self.config.home, self._db)
                 self.credentials.keys = provider_keys.load_all(self._db, self._vault)
             self._data_version = version
+
+    async def _state_changed(self, kinds: frozenset[str]) -> None:
+        """PostgreSQL said `kinds` changed (or the node reconnected): reload now, off the
+        event loop; a failure leaves the change counted for the next refresh to retry."""
+        self._generation += 1
+        try:
+            await asyncio.to_thread(self._refresh_keys)
+            if "secrets" in kinds:
+                await self._reload_secrets()
+        except (sqlite3.Error, StewardError) as exc:
+            log.error("could not reload %s from the database (will retry): %s",
+                      ", ".join(sorted(kinds)), exc)
+
+    async def _reload_secrets(self) -> None:
+        """A new upload token (`upload set --token-stdin` on any node) or telemetry header:
+        the uploader or exporter is replaced, as SIGHUP does for a changed steward.toml."""
+        if self.uploader is not None:
+            token = await asyncio.to_thread(provider_keys.get_secret, self._db, self._vault,
+                                            UPLOAD_TOKEN)
+            if token != self.uploader.token:
+                await self._stop_uploader()
+                await self._start_uploader(self.config)
+                log.info("metadata upload token changed; uploading with the new one")
+        await self._apply_telemetry(self.config)
 
     def _flush_last_used(self) -> None:
         if self._db is None:
@@ -226,7 +258,9 @@ class Gateway:
                 # 1 in the one worker that holds the uploader lock: the sum is 1 when uploads
                 # run, 0 when an upload URL is set and nobody could take the lock.
                 "metadata_uploader_active": 1 if upload.get("lock_held") else 0,
-                "metadata_upload_failures": upload.get("failures", 0)}
+                "metadata_upload_failures": upload.get("failures", 0),
+                **({"database_connected": 1 if self.sync.connected else 0,
+                    "database_outages": self.sync.outages} if self.sync else {})}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready to serve; degraded storage or upload is reported, not a failure."""
@@ -244,8 +278,11 @@ class Gateway:
         ledger = self.governor.ledger
         if ledger.sync_error:
             degraded.append("budget sync")
+        database = self.sync.status() if self.sync else {"backend": "sqlite"}
+        if self.sync is not None and not self.sync.connected:
+            degraded.append("database")  # serving with what it has: still ready
         return self.ready, {"ready": self.ready, "degraded": degraded, "bodies": bodies,
-                            "upload": upload, "spool": spool,
+                            "upload": upload, "spool": spool, "database": database,
                             "budgets": {"count": len(ledger.budgets),
                                         "sync_error": ledger.sync_error}}
 

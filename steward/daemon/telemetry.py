@@ -60,7 +60,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags, Status
 import steward
 from steward.backoff import retry_delay
 from steward.config import TelemetryConfig
-from steward.db import transaction
+from steward.db import changed, transaction
 from steward.errors import ConfigError
 from steward.secrets import provider_keys
 from steward.secrets.crypto import Vault
@@ -206,6 +206,7 @@ def store_headers(conn: sqlite3.Connection, vault: Vault, headers: Mapping[str, 
     else:
         with transaction(conn):
             conn.execute("DELETE FROM sealed_secrets WHERE name = ?", (HEADERS_SECRET,))
+            changed(conn, "secrets")
 
 
 def settings_for(config: TelemetryConfig, conn: sqlite3.Connection, vault: Vault,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from steward.db import transaction
+from steward.db import Connection, changed, transaction
 from steward.errors import NotFoundError, StewardError
 from steward.files import write_private
 from steward.home import Home
@@ -201,7 +200,7 @@ def active_table(home: Path) -> tuple[dict[str, Any], str]:
     return price_table.load(price_table.BUNDLED), "bundled"
 
 
-def load_overrides(conn: sqlite3.Connection) -> dict[str, dict[str, str]]:
+def load_overrides(conn: Connection) -> dict[str, dict[str, str]]:
     overrides: dict[str, dict[str, str]] = {}
     for row in conn.execute("SELECT * FROM pricing_overrides"):
         overrides[row["model"]] = {field: str(Decimal(row[column]) / MILLION)
@@ -210,25 +209,30 @@ def load_overrides(conn: sqlite3.Connection) -> dict[str, dict[str, str]]:
     return overrides
 
 
-def load_pricer(home: Path, conn: sqlite3.Connection) -> Pricer:
+def load_pricer(home: Path, conn: Connection) -> Pricer:
     table, origin = active_table(home)
     return Pricer(table, origin, load_overrides(conn))
 
 
-def set_override(conn: sqlite3.Connection, model: str, per_million: dict[str, Decimal | None]
+def set_override(conn: Connection, model: str, per_million: dict[str, Decimal | None]
                  ) -> None:
     for name, value in per_million.items():
         if value is not None and (not value.is_finite() or value < 0):
             raise StewardError(f"--{name.replace('_', '-')}: prices are non-negative numbers")
     with transaction(conn):
         conn.execute(
-            "INSERT OR REPLACE INTO pricing_overrides (model, input, output, cache_read, "
-            "cache_write, cache_write_1h, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO pricing_overrides (model, input, output, cache_read, "
+            "cache_write, cache_write_1h, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (model) DO UPDATE SET input = excluded.input, output = excluded.output,"
+            " cache_read = excluded.cache_read, cache_write = excluded.cache_write, "
+            "cache_write_1h = excluded.cache_write_1h, created_at = excluded.created_at",
             (model, *(None if per_million.get(k) is None else str(per_million[k])
                       for k in OVERRIDE_FIELDS), time.time()))
+        changed(conn, "pricing")
 
 
-def unset_override(conn: sqlite3.Connection, model: str) -> None:
+def unset_override(conn: Connection, model: str) -> None:
     with transaction(conn):
+        changed(conn, "pricing")
         if not conn.execute("DELETE FROM pricing_overrides WHERE model = ?", (model,)).rowcount:
             raise NotFoundError(f"no price override for {model!r} (see `steward pricing show`)")

@@ -56,7 +56,7 @@ class Exchange:
     def elapsed_ms(self, at: float | None) -> float | None:
         return None if at is None else round((at - self.t0) * 1000, 3)
 
-    def record(self, pricer: Pricer) -> Record:
+    def record(self, pricer: Pricer, node: str = "") -> Record:
         """The metadata record: counts, timings, tags and cost; never prompt or completion
         text. Fields and their meaning: records.record.Record."""
         reading = self.reading or Reading()
@@ -64,6 +64,7 @@ class Exchange:
         record = {
             "id": self.id,
             "ts": rfc3339(self.started_at),
+            "node": node,
             "api_key_id": self.key.id if self.key else None,
             "api_key_uuid": self.key.uuid if self.key else None,
             "majordomo_key_id": self.key.majordomo_key_id if self.key else None,

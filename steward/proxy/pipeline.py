@@ -70,6 +70,7 @@ class Proxy:
         self.refusals = Refusals(metrics.refused)
         self.key_slots: dict[str, Limiter] = {}  # made anew by configure()
         self.pricer = pricer  # replaced whole when the table or overrides change
+        self.node = ""  # server.node_name, set by the gateway
         self.keys = keys
         self.credentials = credentials
         self.spool = spool
@@ -468,7 +469,7 @@ class Proxy:
             return  # no valid gateway key: counted in steward_auth_refusals_total, no record
         ex.finished_at = time.perf_counter()
         self.served += 1
-        record = ex.record(self.pricer)
+        record = ex.record(self.pricer, self.node)
         if ex.admission is not None and self.governor is not None:
             self.governor.settle(ex.admission, record)
         if ex.capture is not None:

@@ -30,7 +30,7 @@ def flush(config: Config, timeout: float) -> None:
     home = Home(config.home)
     deadline = time.monotonic() + timeout
     if lock_is_free(home):  # no gateway is uploading: do it here
-        with contextlib.closing(db.connect(home.db)) as conn:
+        with contextlib.closing(db.open_home(config.home)) as conn:
             vault, _ = master_key.open_vault(config.home, conn)
             token = provider_keys.get_secret(conn, vault, UPLOAD_TOKEN)
         asyncio.run(_drain(config, token, deadline))

@@ -38,6 +38,7 @@ class Cost(TypedDict):
 class Record(Tokens, Cost):
     id: str  # UUIDv7, also the X-Majordomo-Request-Id response header
     ts: str  # RFC 3339, UTC, milliseconds: when the request arrived
+    node: str  # server.node_name: which instance served it
     api_key_id: str | None
     api_key_uuid: str | None
     majordomo_key_id: str | None
@@ -61,7 +62,7 @@ class Record(Tokens, Cost):
 
 # Every field, in the order a record is written.
 FIELDS: tuple[str, ...] = (
-    "id", "ts", "api_key_id", "api_key_uuid", "majordomo_key_id", "provider", "format",
+    "id", "ts", "node", "api_key_id", "api_key_uuid", "majordomo_key_id", "provider", "format",
     "endpoint", "method", "path", "model", "response_model", "service_tier", "stream", "status",
     *Tokens.__annotations__, "latency_ms", "ttft_ms", "tags", "error", "body_ref", "body_error",
     *Cost.__annotations__,

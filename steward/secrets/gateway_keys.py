@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from steward.db import transaction
+from steward.db import Connection, changed, transaction
 from steward.errors import NotFoundError, StewardError
 from steward.ids import uuid7
 
@@ -98,7 +98,7 @@ def parse_scopes(values: Iterable[str]) -> frozenset[str]:
     return frozenset(scopes)
 
 
-def add_key(conn: sqlite3.Connection, name: str, tags: dict[str, str] | None = None,
+def add_key(conn: Connection, name: str, tags: dict[str, str] | None = None,
             expires_in: float | None = None, scopes: Iterable[str] = (),
             majordomo_key_id: str | None = None) -> tuple[GatewayKey, str]:
     """Create a key; the plaintext is returned here and never stored."""
@@ -124,16 +124,17 @@ def add_key(conn: sqlite3.Connection, name: str, tags: dict[str, str] | None = N
                  key.created_at, key.expires_at, json.dumps(sorted(allowed)), key.uuid,
                  key.majordomo_key_id),
             )
+            changed(conn, "keys")
     except sqlite3.IntegrityError:
         raise StewardError(f"a key named {name!r} already exists; pick another name") from None
     return key, plaintext
 
 
-def list_keys(conn: sqlite3.Connection) -> list[GatewayKey]:
+def list_keys(conn: Connection) -> list[GatewayKey]:
     return [_row_to_key(r) for r in conn.execute("SELECT * FROM gateway_keys ORDER BY created_at")]
 
 
-def find_key(conn: sqlite3.Connection, id_or_name: str) -> GatewayKey:
+def find_key(conn: Connection, id_or_name: str) -> GatewayKey:
     row = conn.execute("SELECT * FROM gateway_keys WHERE id = ?1 OR uuid = lower(?1) OR name = ?1",
                        (id_or_name,)).fetchone()
     if row is None:
@@ -142,22 +143,23 @@ def find_key(conn: sqlite3.Connection, id_or_name: str) -> GatewayKey:
     return _row_to_key(row)
 
 
-def revoke_key(conn: sqlite3.Connection, id_or_name: str) -> GatewayKey:
+def revoke_key(conn: Connection, id_or_name: str) -> GatewayKey:
     key = find_key(conn, id_or_name)
     if key.revoked_at is None:
         with transaction(conn):
             conn.execute("UPDATE gateway_keys SET revoked_at = ? WHERE id = ?",
                          (time.time(), key.id))
+            changed(conn, "keys")
     return find_key(conn, key.id)
 
 
-def load_hashes(conn: sqlite3.Connection) -> dict[str, GatewayKey]:
+def load_hashes(conn: Connection) -> dict[str, GatewayKey]:
     """hash -> key for every key that is not revoked (expiry is checked per request)."""
     rows = conn.execute("SELECT * FROM gateway_keys WHERE revoked_at IS NULL")
     return {r["key_hash"]: _row_to_key(r) for r in rows}
 
 
-def record_last_used(conn: sqlite3.Connection, used: Iterable[tuple[str, float]]) -> None:
+def record_last_used(conn: Connection, used: Iterable[tuple[str, float]]) -> None:
     with transaction(conn):
         conn.executemany(
             "UPDATE gateway_keys SET last_used_at = ?2 WHERE id = ?1 "

@@ -19,7 +19,6 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,7 +185,7 @@ MISSING_HELP = ("provide it as $STEWARD_MASTER_KEY, as the systemd credential "
                 f"{CREDENTIAL_NAME}, in the OS keyring, or in {Home(Path('<home>')).master_key}")
 
 
-def open_vault(home: Path, conn: sqlite3.Connection,
+def open_vault(home: Path, conn: db.Connection,
                env: Mapping[str, str] | None = None) -> tuple[Vault, MasterKey]:
     """The vault for this home, after checking the key against the database's check value."""
     expected = db.get_meta(conn, _CHECK_META)
@@ -207,7 +206,7 @@ def open_vault(home: Path, conn: sqlite3.Connection,
     return vault, master
 
 
-def ensure(home: Path, conn: sqlite3.Connection, store: str = "auto"
+def ensure(home: Path, conn: db.Connection, store: str = "auto"
            ) -> tuple[MasterKey, str | None]:
     """At `steward init`: create the key if this home has none; say where it is."""
     if db.get_meta(conn, _CHECK_META) is not None:
@@ -254,7 +253,7 @@ def _promote(home: Path, master: MasterKey, new: bytes) -> MasterKey:
     return MasterKey(new, "file", str(Home(home).master_key))
 
 
-def _finish_interrupted_rotation(home: Path, conn: sqlite3.Connection, master: MasterKey,
+def _finish_interrupted_rotation(home: Path, conn: db.Connection, master: MasterKey,
                                  expected: str) -> tuple[Vault, MasterKey] | None:
     """The database was re-encrypted but the new key not yet promoted: promote it now."""
     if master.store not in ("keyring", "file"):
@@ -267,8 +266,8 @@ def _finish_interrupted_rotation(home: Path, conn: sqlite3.Connection, master: M
     return Vault(promoted.key), promoted
 
 
-def rotate(home: Path, conn: sqlite3.Connection,
-           reseal: Callable[[sqlite3.Connection, Vault, Vault], int]) -> tuple[MasterKey, int]:
+def rotate(home: Path, conn: db.Connection,
+           reseal: Callable[[db.Connection, Vault, Vault], int]) -> tuple[MasterKey, int]:
     """New key saved as pending, every secret re-sealed in one transaction, then promoted.
 
     Interrupted before the commit: the old key still opens everything and the pending key is
@@ -289,4 +288,6 @@ def rotate(home: Path, conn: sqlite3.Connection,
     with db.transaction(conn):
         count = reseal(conn, old_vault, new_vault)
         db.set_meta(conn, _CHECK_META, new_vault.check_value())
+        db.changed(conn, "provider_keys")
+        db.changed(conn, "secrets")
     return _promote(home, master, new), count

@@ -6,12 +6,11 @@ changes: no decryption or query per request.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from steward.db import transaction
+from steward.db import Connection, changed, transaction
 from steward.errors import NotFoundError, StewardError
 from steward.secrets.crypto import Vault
 
@@ -32,7 +31,7 @@ class ProviderKeyInfo:
     last_used_at: float | None
 
 
-def set_key(conn: sqlite3.Connection, vault: Vault, provider: str, scope: str,
+def set_key(conn: Connection, vault: Vault, provider: str, scope: str,
             api_key: str) -> ProviderKeyInfo:
     api_key = api_key.strip()
     if not api_key or any(c.isspace() for c in api_key):
@@ -45,30 +44,32 @@ def set_key(conn: sqlite3.Connection, vault: Vault, provider: str, scope: str,
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (provider, scope) DO UPDATE SET "
             "sealed = excluded.sealed, last4 = excluded.last4, created_at = excluded.created_at,"
             " last_used_at = NULL", (provider, scope, sealed, info.last4, info.created_at))
+        changed(conn, "provider_keys")
     return info
 
 
-def list_keys(conn: sqlite3.Connection) -> list[ProviderKeyInfo]:
+def list_keys(conn: Connection) -> list[ProviderKeyInfo]:
     rows = conn.execute("SELECT provider, scope, last4, created_at, last_used_at "
                         "FROM provider_keys ORDER BY provider, scope")
     return [ProviderKeyInfo(*row) for row in rows]
 
 
-def remove_key(conn: sqlite3.Connection, provider: str, scope: str) -> None:
+def remove_key(conn: Connection, provider: str, scope: str) -> None:
     with transaction(conn):
         gone = conn.execute("DELETE FROM provider_keys WHERE provider = ? AND scope = ?",
                             (provider, scope)).rowcount
+        changed(conn, "provider_keys")
     if not gone:
         raise NotFoundError(f"no stored {provider} key for "
                             f"{'the default scope' if scope == DEFAULT_SCOPE else scope}")
 
 
-def load_all(conn: sqlite3.Connection, vault: Vault) -> dict[tuple[str, str], str]:
+def load_all(conn: Connection, vault: Vault) -> dict[tuple[str, str], str]:
     rows = conn.execute("SELECT provider, scope, sealed FROM provider_keys")
     return {(p, s): vault.open(PURPOSE, blob, _aad(p, s)).decode() for p, s, blob in rows}
 
 
-def record_last_used(conn: sqlite3.Connection, used: Iterable[tuple[tuple[str, str], float]]
+def record_last_used(conn: Connection, used: Iterable[tuple[tuple[str, str], float]]
                      ) -> None:
     with transaction(conn):
         conn.executemany("UPDATE provider_keys SET last_used_at = ? WHERE provider = ? AND "
@@ -78,7 +79,7 @@ def record_last_used(conn: sqlite3.Connection, used: Iterable[tuple[tuple[str, s
 # -- other sealed secrets (upload token, bucket credentials) --------------------------------
 
 
-def set_secret(conn: sqlite3.Connection, vault: Vault, name: str, purpose: str,
+def set_secret(conn: Connection, vault: Vault, name: str, purpose: str,
                value: str) -> None:
     sealed = vault.seal(purpose, value.encode(), f"secret:{name}")
     with transaction(conn):
@@ -86,15 +87,16 @@ def set_secret(conn: sqlite3.Connection, vault: Vault, name: str, purpose: str,
                      "(?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, "
                      "purpose = excluded.purpose, created_at = excluded.created_at",
                      (name, purpose, sealed, time.time()))
+        changed(conn, "secrets")
 
 
-def get_secret(conn: sqlite3.Connection, vault: Vault, name: str) -> str | None:
+def get_secret(conn: Connection, vault: Vault, name: str) -> str | None:
     row = conn.execute("SELECT purpose, sealed FROM sealed_secrets WHERE name = ?",
                        (name,)).fetchone()
     return vault.open(row[0], row[1], f"secret:{name}").decode() if row else None
 
 
-def open_all(conn: sqlite3.Connection, vault: Vault) -> int:
+def open_all(conn: Connection, vault: Vault) -> int:
     """Decrypt every sealed row (provider keys and other secrets); how many opened.
 
     Raises DecryptError naming the first row this vault cannot open: the check value alone
@@ -107,7 +109,7 @@ def open_all(conn: sqlite3.Connection, vault: Vault) -> int:
     return opened
 
 
-def reseal_all(conn: sqlite3.Connection, old: Vault, new: Vault) -> int:
+def reseal_all(conn: Connection, old: Vault, new: Vault) -> int:
     """Re-encrypt every secret under a new master key; the caller holds the transaction."""
     count = 0
     for provider, scope, blob in conn.execute(

@@ -6,6 +6,7 @@ Every SDK call is made twice — through Steward and directly — and the result
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from typing import Any
@@ -93,6 +94,7 @@ def test_openai_chat(gateway: Gateway, upstream: FakeUpstream, tag: str) -> None
                      "api_key_uuid": None, "pricing_version": None, "body_ref": None} == {
         "id": None, "ts": None, "latency_ms": None, "api_key_id": None, "pricing_version": None,
         "body_ref": None, "api_key_uuid": None, "majordomo_key_id": None,
+        "node": socket.gethostname(),
         # 20 x 2.50 + 5 x 1.25 + 12 x 10 USD per million (bundled gpt-4o-2024-08-06 prices)
         "cost": "0.00017625", "input_cost": "0.00005625", "output_cost": "0.00012",
         "pricing_status": "ok", "pricing_model": "gpt-4o-2024-08-06",
