@@ -18,7 +18,7 @@ from steward.cli.options import HomeOption, JsonOption, out
 
 from steward import db
 from steward.budgets import scopes, store
-from steward.home import Home, require_home, resolve_home
+from steward.home import require_home, resolve_home
 from steward.secrets import gateway_keys
 
 budgets_app = typer.Typer(no_args_is_help=True, help="Spend caps in US dollars per key, tag, "
@@ -30,7 +30,7 @@ ScopeArg = Annotated[str, typer.Argument(
 
 
 def _conn(home: Any) -> contextlib.closing[Any]:
-    return contextlib.closing(db.connect(Home(require_home(resolve_home(home))).db))
+    return contextlib.closing(db.open_home(require_home(resolve_home(home))))
 
 
 def _canonical(conn: Any, text: str) -> str:

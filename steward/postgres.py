@@ -27,7 +27,7 @@ from typing import Any
 from steward.errors import StewardError
 
 CHANNEL = "steward_changes"
-KINDS = ("keys", "provider_keys", "secrets", "pricing")
+KINDS = ("keys", "provider_keys", "secrets", "pricing", "budgets")
 # pg_advisory_lock key: "STEWARD1" as a big-endian 64-bit integer, the same on every node.
 MIGRATION_LOCK = int.from_bytes(b"STEWARD1", "big")
 CONNECT_TIMEOUT = 5  # seconds; a blackholed host must not hang start-up or a reload for long

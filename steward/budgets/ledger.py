@@ -81,12 +81,14 @@ def holder_name(node: str | None = None) -> str:
 
 
 class Ledger:
-    def __init__(self, path: object, holder: str, clock: Callable[[], float] = time.time,
-                 connect: Callable[[], sqlite3.Connection] | None = None):
+    """`connect` opens the gateway database (its own connection: syncs run in a thread)."""
+
+    def __init__(self, connect: Callable[[], db.Connection], holder: str,
+                 clock: Callable[[], float] = time.time):
         self.holder = holder
         self.clock = clock
-        self._connect = connect or (lambda: db.connect(path))  # type: ignore[arg-type]
-        self._conn: sqlite3.Connection | None = None
+        self._connect = connect
+        self._conn: db.Connection | None = None
         self.budgets: dict[str, Budget] = {}
         self.accounts: dict[tuple[str, str], Account] = {}
         self._next: asyncio.Future[bool] | None = None
@@ -277,7 +279,7 @@ class Ledger:
                             free - new_held, slack))
         return out
 
-    def _charge_dead(self, conn: sqlite3.Connection, now: float) -> None:
+    def _charge_dead(self, conn: db.Connection, now: float) -> None:
         node = self.holder.rsplit(":", 1)[0]
         for holder, scope, start, held, renewed in store.leases_of_others(conn, self.holder):
             host, _, pid = holder.rpartition(":")

@@ -10,7 +10,6 @@ that holder spent after its last sync, so counting all of it is the only safe ch
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
@@ -63,44 +62,52 @@ def parse_amount(text: str) -> int:
     return to_nano(value)
 
 
-def set_budget(conn: sqlite3.Connection, scope: str, amount: int, period: str) -> None:
+def set_budget(conn: db.Connection, scope: str, amount: int, period: str) -> None:
     if period not in scopes.PERIODS:
         raise StewardError(f"--per {period!r}: use one of {', '.join(scopes.PERIODS)}")
-    conn.execute("INSERT INTO budgets (scope, amount_nusd, period, created_at) VALUES (?, ?, ?, ?)"
-                 " ON CONFLICT (scope) DO UPDATE SET amount_nusd = excluded.amount_nusd,"
-                 " period = excluded.period", (scope, amount, period, time.time()))
+    with db.transaction(conn):
+        conn.execute("INSERT INTO budgets (scope, amount_nusd, period, created_at) VALUES "
+                     "(?, ?, ?, ?) ON CONFLICT (scope) DO UPDATE SET "
+                     "amount_nusd = excluded.amount_nusd, period = excluded.period",
+                     (scope, amount, period, time.time()))
+        db.changed(conn, "budgets")
 
 
-def remove_budget(conn: sqlite3.Connection, scope: str) -> None:
+def remove_budget(conn: db.Connection, scope: str) -> None:
     with db.transaction(conn):
         if conn.execute("DELETE FROM budgets WHERE scope = ?", (scope,)).rowcount == 0:
             raise NotFoundError(f"no budget for {scope}")
         conn.execute("DELETE FROM budget_spend WHERE scope = ?", (scope,))
         conn.execute("DELETE FROM budget_leases WHERE scope = ?", (scope,))
+        db.changed(conn, "budgets")
 
 
-def load_budgets(conn: sqlite3.Connection) -> dict[str, Budget]:
+def load_budgets(conn: db.Connection) -> dict[str, Budget]:
     rows = conn.execute("SELECT scope, amount_nusd, period FROM budgets").fetchall()
     return {r[0]: Budget(r[0], int(r[1]), r[2]) for r in rows}
 
 
-def set_limit(conn: sqlite3.Connection, scope: str, rpm: int | None, tpm: int | None) -> None:
+def set_limit(conn: db.Connection, scope: str, rpm: int | None, tpm: int | None) -> None:
     if rpm is None and tpm is None:
         raise StewardError("give --rpm, --tpm or both")
     for name, value in (("--rpm", rpm), ("--tpm", tpm)):
         if value is not None and value < 1:
             raise StewardError(f"{name} must be at least 1")
-    conn.execute("INSERT INTO rate_limits (scope, rpm, tpm, created_at) VALUES (?, ?, ?, ?)"
-                 " ON CONFLICT (scope) DO UPDATE SET rpm = excluded.rpm, tpm = excluded.tpm",
-                 (scope, rpm, tpm, time.time()))
+    with db.transaction(conn):
+        conn.execute("INSERT INTO rate_limits (scope, rpm, tpm, created_at) VALUES (?, ?, ?, ?)"
+                     " ON CONFLICT (scope) DO UPDATE SET rpm = excluded.rpm, tpm = excluded.tpm",
+                     (scope, rpm, tpm, time.time()))
+        db.changed(conn, "budgets")
 
 
-def remove_limit(conn: sqlite3.Connection, scope: str) -> None:
-    if conn.execute("DELETE FROM rate_limits WHERE scope = ?", (scope,)).rowcount == 0:
-        raise NotFoundError(f"no rate limit for {scope}")
+def remove_limit(conn: db.Connection, scope: str) -> None:
+    with db.transaction(conn):
+        if conn.execute("DELETE FROM rate_limits WHERE scope = ?", (scope,)).rowcount == 0:
+            raise NotFoundError(f"no rate limit for {scope}")
+        db.changed(conn, "budgets")
 
 
-def load_limits(conn: sqlite3.Connection) -> dict[str, RateLimit]:
+def load_limits(conn: db.Connection) -> dict[str, RateLimit]:
     rows = conn.execute("SELECT scope, rpm, tpm FROM rate_limits").fetchall()
     return {r[0]: RateLimit(r[0], r[1], r[2]) for r in rows}
 
@@ -121,7 +128,7 @@ class Standing:
         return max(0, self.budget.amount - self.spent - self.reserved)
 
 
-def standings(conn: sqlite3.Connection, now: float) -> list[Standing]:
+def standings(conn: db.Connection, now: float) -> list[Standing]:
     out = []
     for budget in sorted(load_budgets(conn).values(), key=lambda b: b.scope):
         start, resets = scopes.period_start(budget.period, now)
@@ -130,13 +137,13 @@ def standings(conn: sqlite3.Connection, now: float) -> list[Standing]:
     return out
 
 
-def spent_in(conn: sqlite3.Connection, scope: str, start: str) -> int:
+def spent_in(conn: db.Connection, scope: str, start: str) -> int:
     row = conn.execute("SELECT spent_nusd FROM budget_spend WHERE scope = ? AND period_start = ?",
                        (scope, start)).fetchone()
     return int(row[0]) if row else 0
 
 
-def _leased(conn: sqlite3.Connection, scope: str, start: str, but: str = ""
+def _leased(conn: db.Connection, scope: str, start: str, but: str = ""
             ) -> tuple[int, int]:
     row = conn.execute("SELECT COALESCE(SUM(held_nusd), 0), COALESCE(SUM(reserved_nusd), 0) "
                        "FROM budget_leases WHERE scope = ? AND period_start = ? AND holder <> ?",
@@ -144,14 +151,14 @@ def _leased(conn: sqlite3.Connection, scope: str, start: str, but: str = ""
     return int(row[0]), int(row[1])
 
 
-def add_spent(conn: sqlite3.Connection, scope: str, start: str, amount: int) -> None:
+def add_spent(conn: db.Connection, scope: str, start: str, amount: int) -> None:
     conn.execute("INSERT INTO budget_spend (scope, period_start, spent_nusd) VALUES (?, ?, ?) "
                  "ON CONFLICT (scope, period_start) DO UPDATE SET "
                  "spent_nusd = budget_spend.spent_nusd + excluded.spent_nusd",
                  (scope, start, amount))
 
 
-def free(conn: sqlite3.Connection, budget: Budget, start: str, holder: str
+def free(conn: db.Connection, budget: Budget, start: str, holder: str
          ) -> tuple[int, int]:
     """What no holder but `holder` has spent or leased; and how much of the others' leases
     was not in flight at their last syncs (theirs now, but given back once they idle)."""
@@ -159,7 +166,7 @@ def free(conn: sqlite3.Connection, budget: Budget, start: str, holder: str
     return budget.amount - spent_in(conn, budget.scope, start) - others, max(0, others - reserved)
 
 
-def write_lease(conn: sqlite3.Connection, holder: str, scope: str, start: str, held: int,
+def write_lease(conn: db.Connection, holder: str, scope: str, start: str, held: int,
                 reserved: int, now: float) -> None:
     if held <= 0 and reserved <= 0:
         conn.execute("DELETE FROM budget_leases WHERE holder = ? AND scope = ? AND "
@@ -172,7 +179,7 @@ def write_lease(conn: sqlite3.Connection, holder: str, scope: str, start: str, h
                  "renewed_at = excluded.renewed_at", (holder, scope, start, held, reserved, now))
 
 
-def leases_of_others(conn: sqlite3.Connection, holder: str
+def leases_of_others(conn: db.Connection, holder: str
                      ) -> list[tuple[str, str, str, int, float]]:
     """(holder, scope, period_start, held, renewed_at) of every other holder's lease."""
     rows = conn.execute("SELECT holder, scope, period_start, held_nusd, renewed_at "
@@ -180,7 +187,7 @@ def leases_of_others(conn: sqlite3.Connection, holder: str
     return [(r[0], r[1], r[2], int(r[3]), float(r[4])) for r in rows]
 
 
-def charge_lease(conn: sqlite3.Connection, holder: str, scope: str, start: str, held: int
+def charge_lease(conn: db.Connection, holder: str, scope: str, start: str, held: int
                  ) -> None:
     """A dead holder's lease counts as spent (see the module's docstring)."""
     add_spent(conn, scope, start, held)

@@ -73,7 +73,9 @@ class Gateway:
         self._data_version = -1
         self._prices_mtime = -1
         self._pricer: Pricer | None = None
-        self.governor = Governor(Ledger(self.home.db, holder_name()), config.budgets.unpriced)
+        self.governor = Governor(Ledger(lambda: db.open_database(self.config),
+                                        holder_name(config.server.node_name)),
+                                 config.budgets.unpriced)
         self._definitions: tuple[dict, dict] | None = None  # loaded in a thread, applied here
         self._tasks: list[asyncio.Task[None]] = []
         self.metrics = Metrics(self.gauges, lambda: self.governor.ledger.figures())

@@ -31,7 +31,7 @@ def make(path: Path, holder: str, clock: Clock, budgets: dict[str, tuple[str, st
         for scope, (amount, per) in budgets.items():
             store.set_budget(conn, scope, store.parse_amount(amount), per)
         loaded = store.load_budgets(conn)
-    ledger = Ledger(path, holder, clock)
+    ledger = Ledger(lambda: db.connect(path), holder, clock)
     ledger.reload(loaded)
     return ledger
 
