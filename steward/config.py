@@ -114,6 +114,22 @@ def _log_format(v: str) -> None:
         raise ValueError("must be auto (JSON unless on a terminal), json or text")
 
 
+def parse_deployments(value: Any) -> tuple[tuple[str, str], ...]:
+    """{deployment = "model"} from a TOML table, `name=model,…` (environment, CLI) or pairs."""
+    if isinstance(value, str):
+        items: Any = [item.split("=", 1) for item in value.split(",") if item.strip()]
+    elif isinstance(value, Mapping):
+        items = list(value.items())
+    else:
+        items = value
+    if not isinstance(items, list | tuple) or not all(
+            isinstance(i, list | tuple) and len(i) == 2 and all(isinstance(v, str) and v.strip()
+                                                                 for v in i) for i in items):
+        raise ValueError("expected deployment = \"model\" pairs, e.g. {prod-4o = "
+                         "\"gpt-4o-2024-08-06\"} or prod-4o=gpt-4o-2024-08-06")
+    return tuple((name.strip(), model.strip()) for name, model in items)
+
+
 def _wire_format(v: str) -> None:
     if providers.find(v) is None:
         raise ValueError(f"must be one of {', '.join(sorted(providers.FORMATS))} (or a format "
@@ -146,6 +162,10 @@ class ProviderConfig:
     base_url: str = field(default="", metadata={"check": _http_url})
     # False: Steward replaces whatever credential the caller sends with the stored key.
     allow_caller_credentials: bool = True
+    # Azure: deployment -> the model it serves, for pricing (`eu/gpt-4o-2024-08-06` for a
+    # data-zone deployment's prices).
+    deployments: tuple[tuple[str, str], ...] = field(default=(),
+                                                     metadata={"parse": parse_deployments})
 
 
 @dataclass(frozen=True)
@@ -276,10 +296,11 @@ class TelemetryConfig:
     sample_ratio: float = field(default=1.0, metadata={"check": _ratio})
 
 
-# The built-in providers: one per built-in wire format, under the format's name.
+# The built-in providers: one per built-in wire format, under the format's name. A format
+# without a public host (Azure: each customer's resource) is a provider once configured.
 DEFAULT_PROVIDERS: dict[str, ProviderConfig] = {
     name: ProviderConfig(name, providers.FORMATS[name].default_base_url)
-    for name in providers.BUILT_IN
+    for name in providers.BUILT_IN if providers.FORMATS[name].default_base_url
 }
 
 _SECTIONS: dict[str, type] = {
@@ -396,7 +417,8 @@ def build_config(home: Path, raw: Mapping[str, Any], source: str) -> Config:
         if not isinstance(table, Mapping):
             raise ConfigError(f"{where}: expected a table")
         base = found.get(name)
-        merged = {**({"format": base.format, "base_url": base.base_url} if base else {}), **table}
+        merged = {**({"format": base.format, "base_url": base.base_url} if base else
+                     {"format": name} if name in providers.BUILT_IN else {}), **table}
         named = merged.get("format")
         plugin = isinstance(named, str) and named not in providers.BUILT_IN
         fmt = providers.find(named) if plugin else None
@@ -405,8 +427,8 @@ def build_config(home: Path, raw: Mapping[str, Any], source: str) -> Config:
         if not merged.get("base_url"):
             raise ConfigError(f"{where}.base_url: required for a provider Steward does not know")
         found[name] = _build_section(ProviderConfig, merged, where)
-    for name in DEFAULT_PROVIDERS:
-        if found[name].format != name:
+    for name in providers.BUILT_IN:
+        if name in found and found[name].format != name:
             raise ConfigError(f"{source}: providers.{name}.format: the built-in provider "
                               f"{name} always speaks the {name} format")
     limits = sections["limits"]

@@ -152,6 +152,9 @@ class Gateway:
         mtime = active.stat().st_mtime_ns if active.exists() else 0
         if version != self._data_version or mtime != self._prices_mtime:
             self._pricer = pricing.load_pricer(self.config.home, self._db)
+            self._pricer.aliases = {(name, deployment): model for name, p
+                                    in self.config.providers.items()
+                                    for deployment, model in p.deployments}
             self._prices_mtime = mtime
             if self.proxy is not None:
                 self.proxy.pricer = self._pricer

@@ -133,6 +133,8 @@ class WireFormat:
     is_default: ClassVar[bool] = False
     # The `litellm_provider` values in LiteLLM's price table whose models this format serves.
     price_providers: ClassVar[tuple[str, ...]] = ()
+    # The prefix of its names in that table (`vertex_ai/claude-…`) when not the format's name.
+    price_prefix: ClassVar[str | None] = None
 
     def route(self, method: str, path: str) -> Route | None:
         """The route for a path this format claims when no provider is named, else None."""
@@ -150,6 +152,12 @@ class WireFormat:
     def credential_header(self, api_key: str) -> tuple[str, str]:
         """The header that carries a stored provider key injected by Steward."""
         raise NotImplementedError
+
+    def upstream_base(self, base_url: str, route: Route, query: bytes) -> str:
+        """The base URL this request goes to: the configured one. A format whose host depends
+        on the request (Vertex's location) picks it here; one whose upstream would answer a
+        request unhelpfully (Azure without api-version) refuses it here with GatewayError."""
+        return base_url
 
     def error_body(self, status: int, message: str) -> bytes:
         """A JSON error in this provider's own shape, so the caller's SDK raises its usual

@@ -276,8 +276,8 @@ class Proxy:
         a caller that goes away cancels it."""
         assert ex.upstream is not None and ex.route is not None
         upstream, route = ex.upstream, ex.route
-        target = upstream_url(upstream.base_url, ex.raw_path, ex.path, route.upstream_path,
-                              ex.query)
+        target = upstream_url(upstream.fmt.upstream_base(upstream.base_url, route, ex.query),
+                              ex.raw_path, ex.path, route.upstream_path, ex.query)
         task = asyncio.current_task()
         assert task is not None
         session = self.sessions[upstream.name]

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from steward import db
+from steward import db, providers
 from steward.errors import StewardError
 from steward.pricing import pricer as pricing
 from steward.pricing import table as price_table
@@ -145,8 +145,8 @@ def test_unknown_model_warns_once(caplog: pytest.LogCaptureFixture) -> None:
 def test_bundled_table_records_its_source() -> None:
     assert BUNDLED["source"].startswith("litellm ") and BUNDLED["date"]
     assert len(BUNDLED["models"]) > 100
-    assert {m["provider"] for m in BUNDLED["models"].values()} == {"openai", "anthropic",
-                                                                   "gemini"}
+    assert {m["provider"] for m in BUNDLED["models"].values()} == {
+        f.name for f in providers.FORMATS.values() if f.price_providers}
 
 
 # -- pricing update -------------------------------------------------------------------------
