@@ -161,7 +161,7 @@ def litellm_table(gpt4o_input: float) -> dict:
                               "output_cost_per_token": 1.5e-05},
         "gemini/gemini-2.5-pro": {"litellm_provider": "gemini", "input_cost_per_token": 1e-06,
                                   "output_cost_per_token": 1e-05},
-        "vertex-only": {"litellm_provider": "vertex_ai", "input_cost_per_token": 1},
+        "cohere-only": {"litellm_provider": "cohere", "input_cost_per_token": 1},
     }
 
 
@@ -216,7 +216,7 @@ def test_pricing_update_keeps_the_last_good_table(fresh_home: tuple[Path, str],
     assert shown["models"] == [{"model": "gpt-4o", "source": "updated", "input": "5",
                                 "output": "10", "cache_read": None, "cache_write": None,
                                 "cache_write_1h": None}]
-    assert "vertex-only" not in (home / "prices.json").read_text()
+    assert "cohere-only" not in (home / "prices.json").read_text()
 
 
 def test_overrides_from_the_cli(fresh_home: tuple[Path, str]) -> None:
