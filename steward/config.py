@@ -114,6 +114,12 @@ def _log_format(v: str) -> None:
         raise ValueError("must be auto (JSON unless on a terminal), json or text")
 
 
+def _credentials_source(v: str) -> None:
+    if v not in ("stored", "default"):
+        raise ValueError("must be stored (set with `steward providers set`) or default (the "
+                         "cloud SDK's own credential chain)")
+
+
 def _wire_format(v: str) -> None:
     if providers.find(v) is None:
         raise ValueError(f"must be one of {', '.join(sorted(providers.FORMATS))} (or a format "
@@ -145,7 +151,12 @@ class ProviderConfig:
                         metadata={"check": _wire_format})
     base_url: str = field(default="", metadata={"check": _http_url})
     # False: Steward replaces whatever credential the caller sends with the stored key.
+    # Formats that sign requests (Bedrock, Vertex) never forward the caller's credentials.
     allow_caller_credentials: bool = True
+    # For formats that sign or mint credentials: "stored" (set with `steward providers set`)
+    # or "default" (the cloud SDK's own chain: instance role, environment, ADC) for requests
+    # whose gateway key has no credential of its own.
+    credentials: str = field(default="stored", metadata={"check": _credentials_source})
 
 
 @dataclass(frozen=True)
