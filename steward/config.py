@@ -130,6 +130,12 @@ def parse_deployments(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple((name.strip(), model.strip()) for name, model in items)
 
 
+def _credentials_source(v: str) -> None:
+    if v not in ("stored", "default"):
+        raise ValueError("must be stored (set with `steward providers set`) or default (the "
+                         "cloud SDK's own credential chain)")
+
+
 def _wire_format(v: str) -> None:
     if providers.find(v) is None:
         raise ValueError(f"must be one of {', '.join(sorted(providers.FORMATS))} (or a format "
@@ -161,11 +167,16 @@ class ProviderConfig:
                         metadata={"check": _wire_format})
     base_url: str = field(default="", metadata={"check": _http_url})
     # False: Steward replaces whatever credential the caller sends with the stored key.
+    # Formats that sign requests (Bedrock, Vertex) never forward the caller's credentials.
     allow_caller_credentials: bool = True
     # Azure: deployment -> the model it serves, for pricing (`eu/gpt-4o-2024-08-06` for a
     # data-zone deployment's prices).
     deployments: tuple[tuple[str, str], ...] = field(default=(),
                                                      metadata={"parse": parse_deployments})
+    # For formats that sign or mint credentials: "stored" (set with `steward providers set`)
+    # or "default" (the cloud SDK's own chain: instance role, environment, ADC) for requests
+    # whose gateway key has no credential of its own.
+    credentials: str = field(default="stored", metadata={"check": _credentials_source})
 
 
 @dataclass(frozen=True)

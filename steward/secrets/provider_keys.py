@@ -10,10 +10,14 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from steward.db import transaction
 from steward.errors import NotFoundError, StewardError
 from steward.secrets.crypto import Vault
+
+if TYPE_CHECKING:
+    from steward.providers.base import UpstreamAuth
 
 DEFAULT_SCOPE = "*"
 PURPOSE = "provider-keys"
@@ -126,11 +130,21 @@ def reseal_all(conn: sqlite3.Connection, old: Vault, new: Vault) -> int:
 
 
 class CredentialIndex:
-    """provider key per (provider, gateway key id), falling back to the provider default."""
+    """provider key per (provider, gateway key id), falling back to the provider default; for
+    formats that sign requests, the authenticator built from it (steward.secrets.upstream_auths)."""
 
     def __init__(self, keys: dict[tuple[str, str], str] | None = None):
         self.keys = keys or {}
+        self.auths: dict[tuple[str, str], UpstreamAuth] = {}
         self.last_used: dict[tuple[str, str], float] = {}
+
+    def auth(self, provider: str, key_id: str, now: float) -> UpstreamAuth | None:
+        for scope in (key_id, DEFAULT_SCOPE):
+            auth = self.auths.get((provider, scope))
+            if auth is not None:
+                self.last_used[(provider, scope)] = now
+                return auth
+        return None
 
     def lookup(self, provider: str, key_id: str, now: float) -> str | None:
         for scope in (key_id, DEFAULT_SCOPE):
