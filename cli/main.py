@@ -22,7 +22,7 @@ from steward.cli.options import HomeOption, JsonOption, out
 from steward.cli.telemetry import telemetry_app
 
 import steward
-from steward import db
+from steward import db, providers
 from steward.bodies.bucket import CREDENTIALS, bucket_settings, probe, store_credentials
 from steward.bodies.stores import LocalStore, open_store
 from steward.bodies.writer import disk_status, read_document
@@ -340,17 +340,36 @@ def _check_provider(home: Path, provider: str) -> None:
 def providers_set(provider: ProviderArg, for_key: ForOption = None,
                   api_key_stdin: Annotated[bool, typer.Option(
                       "--api-key-stdin", help="Read the key from standard input.")] = False,
+                  from_file: Annotated[Path | None, typer.Option(
+                      "--from-file", help="Read the credential from a file (Vertex: the "
+                      "service-account key JSON).")] = None,
                   home: HomeOption = None) -> None:
-    """Store a provider API key (read from stdin or a hidden prompt, never an argument)."""
+    """Store a provider API key or credential file (read from a file, stdin or a hidden
+    prompt, never an argument)."""
     target = _home(home)
     _check_provider(target, provider)
-    if api_key_stdin or not sys.stdin.isatty():
-        api_key = sys.stdin.readline().strip()
+    if from_file is not None:
+        try:
+            api_key = from_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StewardError(f"cannot read {from_file}: "
+                               f"{getattr(exc, 'strerror', None) or exc}") from None
+    elif api_key_stdin or not sys.stdin.isatty():
+        api_key = sys.stdin.read()
     else:
-        api_key = typer.prompt(f"{provider} API key", hide_input=True).strip()
+        api_key = typer.prompt(f"{provider} API key", hide_input=True)
+    fmt = providers.find(load_config(target).providers[provider].format)
+    try:  # a credential document (Vertex's service-account key), or None for a plain key
+        document = fmt.credential_document(api_key) if fmt is not None else None
+    except ValueError as exc:
+        raise StewardError(f"{from_file or provider}: {exc}") from None
+    label = None
+    if document is not None:
+        api_key, label = document
     with _db(target) as conn:
         vault = _vault(target, conn)
-        info = provider_keys.set_key(conn, vault, provider, _scope(conn, for_key), api_key)
+        info = provider_keys.set_key(conn, vault, provider, _scope(conn, for_key), api_key,
+                                     label)
     scope = "default" if info.scope == provider_keys.DEFAULT_SCOPE else f"for {info.scope}"
     out.print(f"Stored the {provider} key …{info.last4} ({scope}), encrypted.", highlight=False)
 

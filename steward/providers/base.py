@@ -178,6 +178,12 @@ class WireFormat:
         """The header that carries a stored provider key injected by Steward."""
         raise NotImplementedError
 
+    def credential_document(self, text: str) -> tuple[str, str] | None:
+        """For a format whose stored credential is a document (a service-account key file):
+        the text to seal, and an identifier `providers list` shows in place of a key's last
+        four characters. Raises ValueError saying what is wrong. None: a plain API key."""
+        return None
+
     def upstream_base(self, base_url: str, route: Route, query: bytes) -> str:
         """The base URL this request goes to: the configured one. A format whose host depends
         on the request (Vertex's location) picks it here; one whose upstream would answer a

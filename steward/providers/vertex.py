@@ -101,14 +101,12 @@ class VertexFormat(WireFormat):
                                "us-central1, europe-west4 or global)")
         return host_for(found.group(1))
 
-    def credential_header(self, api_key: str) -> tuple[str, str]:
-        raise GatewayError(502, "Vertex AI takes an OAuth token minted from a service-account "
-                           "key, not a static key: store the key's JSON with `steward "
-                           "providers set vertex --from-file KEY.json`")
-
     def upstream_auth(self, provider: ProviderConfig, stored: str | None) -> VertexAuth:
-        info = None if stored is None else json.loads(stored)
-        return VertexAuth(info)
+        return VertexAuth(None if stored is None else parse_key(stored))
+
+    def credential_document(self, text: str) -> tuple[str, str]:
+        info = parse_key(text)
+        return json.dumps(info, separators=(",", ":")), str(info.get("private_key_id", ""))[-4:]
 
     def error_body(self, status: int, message: str) -> bytes:
         return GEMINI.error_body(status, message)  # Vertex answers in Google's shape

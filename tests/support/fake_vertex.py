@@ -66,6 +66,7 @@ class FakeGoogleOAuth:
     accounts: dict[str, str] = field(default_factory=dict)  # client_email -> public PEM
     issued: list[Issued] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    waiting: int = 0  # token requests held by hold()
     _open: threading.Event = field(default_factory=threading.Event)
     _server: LoopbackServer | None = None
 
@@ -103,7 +104,10 @@ class FakeGoogleOAuth:
 
     async def token(self, request: web.Request) -> web.Response:
         form = await request.post()
-        await asyncio.to_thread(self._open.wait)
+        if not self._open.is_set():
+            self.waiting += 1
+            await asyncio.to_thread(self._open.wait)
+            self.waiting -= 1
         if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
             return self._refuse("unsupported_grant_type", "Invalid grant_type")
         assertion = str(form.get("assertion", ""))
@@ -181,12 +185,13 @@ class FakeVertex:
                                           "usageMetadata": VERTEX_USAGE,
                                           "createTime": "2026-11-28T15:00:00Z"})
         if publisher == "anthropic" and verb in ("rawPredict", "streamRawPredict"):
-            if payload.get("anthropic_version") != "vertex-2023-10-16" or (
+            # The SDK names the version (vertex-2023-10-16 in older ones, a date in 2.14).
+            if not isinstance(payload.get("anthropic_version"), str) or (
                     "model" in payload and model != "count-tokens"):
                 return web.json_response({"type": "error", "error": {
                     "type": "invalid_request_error",
-                    "message": "anthropic_version: vertex-2023-10-16 is required; the model "
-                               "goes in the URL"}}, status=400)
+                    "message": "anthropic_version is required; the model goes in the URL"}},
+                    status=400)
             if model == "count-tokens":
                 return web.json_response({"input_tokens": 42})
             answered = {**payload, "model": model.replace("@", "-")}
