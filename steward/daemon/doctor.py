@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 
-from steward import db
+from steward import db, providers
 from steward.bodies.bucket import bucket_settings, probe
 from steward.bodies.stores import open_store
-from steward.config import Config, load_config
+from steward.config import Config, ProviderConfig, load_config
 from steward.errors import StewardError
 from steward.home import Home
 from steward.records.formats import ENCODERS, UPLOAD_TOKEN
@@ -173,8 +173,15 @@ def _service_checks(cfg: Config, conn: sqlite3.Connection, vault: Vault) -> list
 
     checks.append(_check("ports free", "stop what holds the port or change server.port / "
                          "server.admin_port", ports))
+    stored = provider_keys.load_all(conn, vault)
     for name, provider in cfg.providers.items():
-        def reach(url: str = provider.base_url) -> str:
+        def reach(url: str = provider.base_url, name: str = name,
+                  provider: ProviderConfig = provider) -> str:
+            fmt = providers.find(provider.format)  # the clouds check their credentials too
+            checked = None if fmt is None else fmt.doctor(
+                name, provider, stored.get((name, provider_keys.DEFAULT_SCOPE)))
+            if checked is not None:
+                return checked
             # Any HTTP answer proves DNS, TCP and TLS work; the status does not matter here.
             response = httpx.get(url, timeout=5, follow_redirects=False)
             return f"{url} answered ({response.status_code})"

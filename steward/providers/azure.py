@@ -15,14 +15,18 @@ results, and a stream's first chunk may carry only `prompt_filter_results` (`cho
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from steward.errors import GatewayError
+from steward.errors import GatewayError, StewardError
 from steward.providers.base import Route, endpoints, find_endpoint, rewrite_query, scoped
 from steward.providers.openai import INFERENCE as OPENAI_INFERENCE
 from steward.providers.openai import OpenAIFormat, _ChatStream, _ResponsesStream
 from steward.providers.usage import Reading
 
+if TYPE_CHECKING:
+    from steward.config import ProviderConfig
+
+DOCTOR_API_VERSION = "2024-10-21"  # a GA version every resource answers
 _DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)(/.+)")
 DEPLOYMENT_INFERENCE = endpoints(
     ("POST", r"/chat/completions", "chat/completions"),
@@ -95,6 +99,23 @@ class AzureFormat(OpenAIFormat):
                                "openai.AzureOpenAI, pass api_version=…), or use the "
                                "/openai/v1/ routes, which need none")
         return base_url
+
+    def doctor(self, name: str, provider: ProviderConfig, stored: str | None) -> str:
+        """The resource answers, and takes the stored key: its model list, as the SDK asks."""
+        import httpx  # the CLI's doctor only: not loaded by the daemon
+
+        if stored is None:
+            raise StewardError(f"no {name} key stored: run `steward providers set {name}`")
+        url = f"{provider.base_url.rstrip('/')}/openai/models?api-version={DOCTOR_API_VERSION}"
+        response = httpx.get(url, headers={"api-key": stored}, timeout=10)
+        if response.status_code in (401, 403):
+            raise StewardError(f"{provider.base_url} refused the stored key "
+                               f"({response.status_code}): store the resource's key again "
+                               f"with `steward providers set {name}`")
+        if response.status_code != 200:
+            raise StewardError(f"{url.split('?')[0]} answered {response.status_code}; check "
+                               f"providers.{name}.base_url (https://RESOURCE.openai.azure.com)")
+        return f"{provider.base_url} accepted the stored key ({response.status_code})"
 
     def read_json(self, obj: Any, reading: Reading) -> None:
         super().read_json(obj, reading)

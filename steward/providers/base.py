@@ -184,6 +184,12 @@ class WireFormat:
         four characters. Raises ValueError saying what is wrong. None: a plain API key."""
         return None
 
+    def doctor(self, name: str, provider: ProviderConfig, stored: str | None) -> str | None:
+        """`steward doctor`'s check of a provider of this format with its provider-wide stored
+        credential (blocking, may call the provider): what worked, or None for the generic
+        check that its host answers. Raises StewardError saying what failed."""
+        return None
+
     def upstream_base(self, base_url: str, route: Route, query: bytes) -> str:
         """The base URL this request goes to: the configured one. A format whose host depends
         on the request (Vertex's location) picks it here; one whose upstream would answer a

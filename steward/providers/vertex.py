@@ -25,7 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from steward.errors import GatewayError
+from steward.errors import GatewayError, StewardError
 from steward.providers.anthropic import FORMAT as ANTHROPIC
 from steward.providers.base import Meter, Route, StreamReader, WireFormat, scoped
 from steward.providers.gemini import FORMAT as GEMINI
@@ -107,6 +107,23 @@ class VertexFormat(WireFormat):
     def credential_document(self, text: str) -> tuple[str, str]:
         info = parse_key(text)
         return json.dumps(info, separators=(",", ":")), str(info.get("private_key_id", ""))[-4:]
+
+    def doctor(self, name: str, provider: ProviderConfig, stored: str | None) -> str:
+        if stored is None and provider.credentials != "default":
+            return (f"not set up: no credentials stored (`steward providers set {name} "
+                    f"--from-file KEY.json`, or providers.{name}.credentials = \"default\")")
+        try:
+            auth = VertexAuth(None if stored is None else parse_key(stored))
+        except ValueError as exc:
+            raise StewardError(f"the stored key cannot be used ({exc}): store it again with "
+                               f"`steward providers set {name} --from-file KEY.json`") from None
+        try:
+            _, expires = auth.mint()
+        except Exception as exc:  # google-auth's many errors, each said in one line
+            raise StewardError(f"cannot mint a Google access token from {auth.source}: "
+                               f"{_describe(exc)}") from None
+        return (f"minted an access token from {auth.source} (valid for "
+                f"{max(0, expires - time.time()) / 60:.0f} min)")
 
     def error_body(self, status: int, message: str) -> bytes:
         return GEMINI.error_body(status, message)  # Vertex answers in Google's shape

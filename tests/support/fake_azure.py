@@ -68,6 +68,10 @@ class FakeAzure:
                          "endpoint. Make sure to provide a valid key for an active subscription "
                          "and use a correct regional API endpoint for your resource.")
         payload: dict[str, Any] = json.loads(body) if body else {}
+        if path == "/openai/models" and "api-version" in request.query:
+            return web.json_response({"object": "list", "data": [
+                {"id": model, "object": "model", "status": "succeeded"}
+                for model in sorted(set(DEPLOYMENTS.values()))]})
         if v1:
             deployment, operation = payload.get("model", ""), path[len("/openai/v1"):]
         elif path.startswith("/openai/deployments/"):
