@@ -330,10 +330,13 @@ def _scope(conn: sqlite3.Connection, for_key: str | None) -> str:
 
 
 def _check_provider(home: Path, provider: str) -> None:
-    providers = load_config(home).providers
-    if provider not in providers:
+    configured = load_config(home).providers
+    if provider not in configured and provider in providers.BUILT_IN:
+        raise StewardError(f"{provider} is not configured yet: set its endpoint first with "
+                           f"`steward config set providers.{provider}.base_url URL`")
+    if provider not in configured:
         raise StewardError(f"unknown provider {provider!r}; configured: "
-                           f"{', '.join(sorted(providers))}")
+                           f"{', '.join(sorted(configured))}")
 
 
 @providers_app.command("set")

@@ -639,6 +639,11 @@ DEFAULT_TOML = """\
 # base_url = "https://api.anthropic.com"
 # [providers.gemini]
 # base_url = "https://generativelanguage.googleapis.com"
+# [providers.vertex]           # Google Vertex AI: the host follows each path's location
+# credentials = "stored"       # `steward providers set vertex --from-file sa.json`; or "default"
+# [providers.azure]            # Azure OpenAI: a provider once its resource endpoint is set
+# base_url = "https://RESOURCE.openai.azure.com"
+# deployments = { prod-4o = "gpt-4o-2024-08-06" }   # deployment -> model priced (optional)
 
 # More upstreams speaking one of the three wire formats, reached with
 # `X-Majordomo-Provider: together`:

@@ -94,7 +94,8 @@ def test_doctor_mints_a_vertex_token(fresh_home: tuple[Path, str], oauth: FakeGo
 
 def test_doctor_checks_the_azure_key(fresh_home: tuple[Path, str], azure: FakeAzure) -> None:
     home, _ = fresh_home
-    assert "azure" in one_line_failure("providers", "set", "azure", home=home, input="k\n")
+    assert "providers.azure.base_url" in one_line_failure("providers", "set", "azure",
+                                                          home=home, input="k\n")
     cli("config", "set", "providers.azure.base_url", azure.url, home=home)
     check = provider_check(home, "azure")
     assert not check["ok"] and "steward providers set azure" in check["detail"]
