@@ -4,12 +4,14 @@ names Azure's), then a configured alias (an Azure deployment's model and data zo
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from steward.pricing import table as price_table
 from steward.pricing.pricer import Pricer
+from steward.providers.vertex import FORMAT as VERTEX
 
 BUNDLED = price_table.load(price_table.BUNDLED)
 
@@ -50,3 +52,20 @@ def test_an_alias_names_the_data_zone_entry() -> None:
     # another provider's deployment of the same name is not aliased
     assert priced("openai", "eu-4o", "gpt-4o-2024-08-06", aliases)["pricing_model"] == \
         "gpt-4o-2024-08-06"
+
+
+def test_vertex_priority_traffic_is_priced_as_priority() -> None:
+    meter = VERTEX.meter(VERTEX.classify("POST", "/v1/projects/p/locations/global/publishers/"
+                                         "google/models/gemini-2.5-flash:generateContent"),
+                         200, "application/json")
+    meter.feed(json.dumps({"modelVersion": "gemini-2.5-flash", "usageMetadata": {
+        "promptTokenCount": 1000, "candidatesTokenCount": 100,
+        "trafficType": "ON_DEMAND_PRIORITY"}}).encode())
+    reading = meter.finish()
+    assert reading.service_tier == "priority"
+    pricer = Pricer(BUNDLED, "bundled")
+    cost = pricer.cost({"provider": "vertex", "format": "vertex", "model": "gemini-2.5-flash",
+                        "response_model": reading.response_model,
+                        "service_tier": reading.service_tier, **reading.usage.as_dict()})
+    # 1000 x 0.54 in, 100 x 4.50 out USD per million: gemini-2.5-flash's priority prices
+    assert (cost["input_cost"], cost["output_cost"]) == ("0.00054", "0.00045")

@@ -126,8 +126,8 @@ def test_gemini_generate(gateway: Gateway, google: tuple[FakeGoogleOAuth, FakeVe
     assert got.model_dump(exclude=NOT_COMPARED) == want.model_dump(exclude=NOT_COMPARED)
     record = gateway[0].record_tagged("test", tag)
     assert fields(record, "provider", "format", "endpoint", "model", "response_model",
-                  "status", "stream", "error") == (
-        "vertex", "vertex", "generateContent", GEMINI, GEMINI, 200, False, None)
+                  "service_tier", "status", "stream", "error") == (
+        "vertex", "vertex", "generateContent", GEMINI, GEMINI, "standard", 200, False, None)
     assert fields(record, *USAGE) == (50, 35, 10, 0, None, None, 15)
     assert fields(record, *COST) == GEMINI_COST
 
