@@ -18,6 +18,7 @@ from steward.bodies.stores import open_store
 from steward.config import Config, ProviderConfig, load_config
 from steward.errors import StewardError
 from steward.home import Home
+from steward.providers.base import WireFormat
 from steward.records.formats import ENCODERS, UPLOAD_TOKEN
 from steward.secrets import master_key, provider_keys
 from steward.secrets.crypto import Vault
@@ -175,9 +176,14 @@ def _service_checks(cfg: Config, conn: sqlite3.Connection, vault: Vault) -> list
                          "server.admin_port", ports))
     stored = provider_keys.load_all(conn, vault)
     for name, provider in cfg.providers.items():
+        fmt = providers.find(provider.format)
+        if fmt is not None and fmt.caller_auth_headers:  # clouds: a signed call, if configured
+            checks += _signing_check(name, provider, fmt, stored)
+            continue
+
         def reach(url: str = provider.base_url, name: str = name,
-                  provider: ProviderConfig = provider) -> str:
-            fmt = providers.find(provider.format)  # the clouds check their credentials too
+                  provider: ProviderConfig = provider, fmt: WireFormat | None = fmt) -> str:
+            # A format that can check its stored key (Azure) does; the others, the host.
             checked = None if fmt is None else fmt.doctor(
                 name, provider, stored.get((name, provider_keys.DEFAULT_SCOPE)))
             if checked is not None:
@@ -190,6 +196,31 @@ def _service_checks(cfg: Config, conn: sqlite3.Connection, vault: Vault) -> list
                              f"check DNS, egress firewall or HTTPS_PROXY for "
                              f"{provider.base_url}, or fix providers.{name}.base_url", reach))
     return checks
+
+
+def _signing_check(name: str, provider: ProviderConfig, fmt: WireFormat,
+                   stored: dict[tuple[str, str], str]) -> list[Check]:
+    """A provider that signs (Bedrock) is checked with its provider-wide credential (or, with
+    only per-key ones, the first), by one signed call; without any it serves nothing and is
+    not checked."""
+    mine = sorted((scope, value) for (p, scope), value in stored.items() if p == name)
+    if provider.credentials == "default":
+        value: str | None = None
+    elif mine:
+        value = dict(mine).get(provider_keys.DEFAULT_SCOPE, mine[0][1])
+    else:
+        return []
+    source = "the default credential chain" if value is None else "the stored credentials"
+
+    def signed() -> str:
+        try:
+            return fmt.check_credentials(provider, value)
+        except ValueError as exc:
+            raise StewardError(f"{source} cannot be used: {exc}") from None
+
+    return [_check(f"provider {name} credentials accepted",
+                   f"store working credentials with `steward providers set {name}` (or fix "
+                   f"providers.{name}.region / base_url)", signed)]
 
 
 def _steward_answers(cfg: Config) -> bool:

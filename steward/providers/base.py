@@ -160,6 +160,9 @@ class WireFormat:
     # the caller's credentials never go upstream (allow_caller_credentials does not apply).
     # Empty: the format sends a stored key in its credential header.
     caller_auth_headers: ClassVar[frozenset[bytes]] = frozenset()
+    # What `steward providers set` asks at a terminal for such a credential: (label, hidden,
+    # optional) per line, joined with newlines for `credential_from_text`.
+    credential_prompts: ClassVar[tuple[tuple[str, bool, bool], ...]] = ()
 
     def route(self, method: str, path: str) -> Route | None:
         """The route for a path this format claims when no provider is named, else None."""
@@ -178,16 +181,22 @@ class WireFormat:
         """The header that carries a stored provider key injected by Steward."""
         raise NotImplementedError
 
-    def credential_document(self, text: str) -> tuple[str, str] | None:
-        """For a format whose stored credential is a document (a service-account key file):
-        the text to seal, and an identifier `providers list` shows in place of a key's last
-        four characters. Raises ValueError saying what is wrong. None: a plain API key."""
-        return None
+    def credential_from_text(self, text: str) -> tuple[str, str]:
+        """For a format with `upstream_auth`: the operator's credential as given to `steward
+        providers set` (stdin, prompts, a file) -> (the string to seal, what `providers list`
+        may show of it). Raises ValueError saying what is wrong, never echoing the secret."""
+        raise ValueError(f"{self.name} takes a single API key")
+
+    def check_credentials(self, provider: ProviderConfig, stored: str | None) -> str:
+        """For `steward doctor`, a format with `upstream_auth`: prove the credential works with
+        one cheap signed call to the provider (blocking; not on the request path). Returns what
+        was proved; raises StewardError saying what is wrong."""
+        raise NotImplementedError
 
     def doctor(self, name: str, provider: ProviderConfig, stored: str | None) -> str | None:
-        """`steward doctor`'s check of a provider of this format with its provider-wide stored
-        credential (blocking, may call the provider): what worked, or None for the generic
-        check that its host answers. Raises StewardError saying what failed."""
+        """`steward doctor`'s check of a provider with a stored key (no `upstream_auth`) and
+        its provider-wide key (blocking, may call the provider): what worked, or None for the
+        generic check that its host answers. Raises StewardError saying what failed."""
         return None
 
     def upstream_base(self, base_url: str, route: Route, query: bytes) -> str:

@@ -104,19 +104,13 @@ class VertexFormat(WireFormat):
     def upstream_auth(self, provider: ProviderConfig, stored: str | None) -> VertexAuth:
         return VertexAuth(None if stored is None else parse_key(stored))
 
-    def credential_document(self, text: str) -> tuple[str, str]:
+    def credential_from_text(self, text: str) -> tuple[str, str]:
         info = parse_key(text)
         return json.dumps(info, separators=(",", ":")), str(info.get("private_key_id", ""))[-4:]
 
-    def doctor(self, name: str, provider: ProviderConfig, stored: str | None) -> str:
-        if stored is None and provider.credentials != "default":
-            return (f"not set up: no credentials stored (`steward providers set {name} "
-                    f"--from-file KEY.json`, or providers.{name}.credentials = \"default\")")
-        try:
-            auth = VertexAuth(None if stored is None else parse_key(stored))
-        except ValueError as exc:
-            raise StewardError(f"the stored key cannot be used ({exc}): store it again with "
-                               f"`steward providers set {name} --from-file KEY.json`") from None
+    def check_credentials(self, provider: ProviderConfig, stored: str | None) -> str:
+        """Mints a token: proves the key (or ADC) and Google's token endpoint."""
+        auth = VertexAuth(None if stored is None else parse_key(stored))
         try:
             _, expires = auth.mint()
         except Exception as exc:  # google-auth's many errors, each said in one line

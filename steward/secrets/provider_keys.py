@@ -37,15 +37,15 @@ class ProviderKeyInfo:
 
 
 def set_key(conn: sqlite3.Connection, vault: Vault, provider: str, scope: str,
-            api_key: str, label: str | None = None) -> ProviderKeyInfo:
-    """Seal and store a key; a credential document (a service-account key, which has spaces)
-    comes with the `label` shown in place of its last four characters."""
+            api_key: str, shown: str | None = None) -> ProviderKeyInfo:
+    """`shown`: what `providers list` shows instead of the last four characters (a cloud
+    credential's key id, not its JSON's closing brace); such a credential may hold spaces
+    (a service-account key's PEM)."""
     api_key = api_key.strip()
-    if not api_key or (label is None and any(c.isspace() for c in api_key)):
+    if not api_key or (shown is None and any(c.isspace() for c in api_key)):
         raise StewardError("the provider API key is empty or contains spaces")
     sealed = vault.seal(PURPOSE, api_key.encode(), _aad(provider, scope))
-    info = ProviderKeyInfo(provider, scope, api_key[-4:] if label is None else label,
-                           time.time(), None)
+    info = ProviderKeyInfo(provider, scope, shown or api_key[-4:], time.time(), None)
     with transaction(conn):
         conn.execute(
             "INSERT INTO provider_keys (provider, scope, sealed, last4, created_at) "

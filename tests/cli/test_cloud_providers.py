@@ -28,10 +28,15 @@ def azure() -> Iterator[FakeAzure]:
     fake.stop()
 
 
-def provider_check(home: Path, name: str) -> dict[str, Any]:
+def provider_checks(home: Path, name: str) -> list[dict[str, Any]]:
     result = cli("doctor", "--json", home=home, check=False)
-    checks = json.loads(result.stdout)["checks"]
-    return next(c for c in checks if c["name"] == f"provider {name} reachable")
+    return [c for c in json.loads(result.stdout)["checks"]
+            if c["name"].startswith(f"provider {name} ")]
+
+
+def provider_check(home: Path, name: str) -> dict[str, Any]:
+    (check,) = provider_checks(home, name)
+    return check
 
 
 def one_line_failure(*args: str, home: Path, input: str | None = None) -> str:
@@ -76,13 +81,13 @@ def test_vertex_refuses_what_is_not_a_service_account_key(fresh_home: tuple[Path
 def test_doctor_mints_a_vertex_token(fresh_home: tuple[Path, str], oauth: FakeGoogleOAuth,
                                      tmp_path: Path) -> None:
     home, _ = fresh_home
-    check = provider_check(home, "vertex")
-    assert check["ok"] and "not set up" in check["detail"]
+    assert provider_checks(home, "vertex") == []  # no credentials: it serves nothing
     key = oauth.new_key()
     cli("providers", "set", "vertex", "--from-file", str(write_key(tmp_path / "k.json", key)),
         home=home)
     issued = len(oauth.issued)
     check = provider_check(home, "vertex")
+    assert check["name"] == "provider vertex credentials accepted"
     assert check["ok"] and "minted an access token" in check["detail"], check
     assert len(oauth.issued) == issued + 1
     unknown = service_account_key(oauth.token_uri)  # a key Google does not know
