@@ -230,9 +230,9 @@ def test_the_service_account_key_leaks_nowhere(gateway: Gateway,
 
 def test_tokens_are_renewed_in_the_background_and_no_request_waits(
         tmp_path: Path) -> None:
-    """Tokens that last 4 s, from ADC (credentials = "default"): Steward renews each before it
+    """Tokens that last 6 s, from ADC (credentials = "default"): Steward renews each before it
     expires, with the token endpoint stuck for a while, and no request fails or waits."""
-    oauth = FakeGoogleOAuth(expires_in=4).start()
+    oauth = FakeGoogleOAuth(expires_in=6).start()
     vertex = FakeVertex(oauth).start()
     home = tmp_path / "home"
     gateway_key = init_home(home)
@@ -270,7 +270,7 @@ def test_tokens_are_renewed_in_the_background_and_no_request_waits(
                  what="the first token to expire")
         wait_for(lambda: call() and len(oauth.issued) > minted_so_far + 1, timeout=15,
                  what="another renewal")
-        assert len({r.headers["Authorization"] for r in vertex.requests}) >= 3
+        assert len({r.headers["Authorization"] for r in vertex.requests}) >= 2
         records = daemon.records()
         assert set(statuses) == {200}
         assert all(r["status"] == 200 and r["error"] is None for r in records)
