@@ -115,6 +115,28 @@ def _log_format(v: str) -> None:
         raise ValueError("must be auto (JSON unless on a terminal), json or text")
 
 
+def parse_deployments(value: Any) -> tuple[tuple[str, str], ...]:
+    """{deployment = "model"} from a TOML table, `name=model,…` (environment, CLI) or pairs."""
+    if isinstance(value, str):
+        items: Any = [item.split("=", 1) for item in value.split(",") if item.strip()]
+    elif isinstance(value, Mapping):
+        items = list(value.items())
+    else:
+        items = value
+    if not isinstance(items, list | tuple) or not all(
+            isinstance(i, list | tuple) and len(i) == 2 and all(isinstance(v, str) and v.strip()
+                                                                 for v in i) for i in items):
+        raise ValueError("expected deployment = \"model\" pairs, e.g. {prod-4o = "
+                         "\"gpt-4o-2024-08-06\"} or prod-4o=gpt-4o-2024-08-06")
+    return tuple((name.strip(), model.strip()) for name, model in items)
+
+
+def _credentials_source(v: str) -> None:
+    if v not in ("stored", "default"):
+        raise ValueError("must be stored (set with `steward providers set`) or default (the "
+                         "cloud SDK's own credential chain)")
+
+
 def _wire_format(v: str) -> None:
     if providers.find(v) is None:
         raise ValueError(f"must be one of {', '.join(sorted(providers.FORMATS))} (or a format "
@@ -153,7 +175,16 @@ class ProviderConfig:
                         metadata={"check": _wire_format})
     base_url: str = field(default="", metadata={"check": _http_url})
     # False: Steward replaces whatever credential the caller sends with the stored key.
+    # Formats that sign requests (Bedrock, Vertex) never forward the caller's credentials.
     allow_caller_credentials: bool = True
+    # Azure: deployment -> the model it serves, for pricing (`eu/gpt-4o-2024-08-06` for a
+    # data-zone deployment's prices).
+    deployments: tuple[tuple[str, str], ...] = field(default=(),
+                                                     metadata={"parse": parse_deployments})
+    # For formats that sign or mint credentials: "stored" (set with `steward providers set`)
+    # or "default" (the cloud SDK's own chain: instance role, environment, ADC) for requests
+    # whose gateway key has no credential of its own.
+    credentials: str = field(default="stored", metadata={"check": _credentials_source})
 
 
 @dataclass(frozen=True)
@@ -294,6 +325,8 @@ class BudgetsConfig:
     # A request under a budget whose cost cannot be bounded (no price for its model, or no
     # output cap in the request or the price table): refused (deny), or let through uncounted.
     unpriced: str = field(default="deny", metadata={"check": _unpriced})
+
+
 def _database_url(v: str) -> None:
     # The value is never echoed: it may hold a password.
     if v and not re.match(r"postgres(ql)?://", v):
@@ -310,10 +343,11 @@ class DatabaseConfig:
     password_file: str = ""  # the password, kept out of the URL (a mounted Secret)
 
 
-# The built-in providers: one per built-in wire format, under the format's name.
+# The built-in providers: one per built-in wire format, under the format's name. A format
+# without a public host (Azure: each customer's resource) is a provider once configured.
 DEFAULT_PROVIDERS: dict[str, ProviderConfig] = {
     name: ProviderConfig(name, providers.FORMATS[name].default_base_url)
-    for name in providers.BUILT_IN
+    for name in providers.BUILT_IN if providers.FORMATS[name].default_base_url
 }
 
 _SECTIONS: dict[str, type] = {
@@ -434,7 +468,8 @@ def build_config(home: Path, raw: Mapping[str, Any], source: str) -> Config:
         if not isinstance(table, Mapping):
             raise ConfigError(f"{where}: expected a table")
         base = found.get(name)
-        merged = {**({"format": base.format, "base_url": base.base_url} if base else {}), **table}
+        merged = {**({"format": base.format, "base_url": base.base_url} if base else
+                     {"format": name} if name in providers.BUILT_IN else {}), **table}
         named = merged.get("format")
         plugin = isinstance(named, str) and named not in providers.BUILT_IN
         fmt = providers.find(named) if plugin else None
@@ -443,8 +478,8 @@ def build_config(home: Path, raw: Mapping[str, Any], source: str) -> Config:
         if not merged.get("base_url"):
             raise ConfigError(f"{where}.base_url: required for a provider Steward does not know")
         found[name] = _build_section(ProviderConfig, merged, where)
-    for name in DEFAULT_PROVIDERS:
-        if found[name].format != name:
+    for name in providers.BUILT_IN:
+        if name in found and found[name].format != name:
             raise ConfigError(f"{source}: providers.{name}.format: the built-in provider "
                               f"{name} always speaks the {name} format")
     limits = sections["limits"]
@@ -648,6 +683,11 @@ DEFAULT_TOML = """\
 # base_url = "https://api.anthropic.com"
 # [providers.gemini]
 # base_url = "https://generativelanguage.googleapis.com"
+# [providers.vertex]           # Google Vertex AI: the host follows each path's location
+# credentials = "stored"       # `steward providers set vertex --from-file sa.json`; or "default"
+# [providers.azure]            # Azure OpenAI: a provider once its resource endpoint is set
+# base_url = "https://RESOURCE.openai.azure.com"
+# deployments = { prod-4o = "gpt-4o-2024-08-06" }   # deployment -> model priced (optional)
 
 # More upstreams speaking one of the three wire formats, reached with
 # `X-Majordomo-Provider: together`:

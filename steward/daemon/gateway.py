@@ -37,7 +37,7 @@ from steward.proxy.upstream import make_session
 from steward.records.formats import UPLOAD_TOKEN, make_uploader
 from steward.records.spool import Spool
 from steward.records.upload import Uploader
-from steward.secrets import gateway_keys, master_key, provider_keys
+from steward.secrets import gateway_keys, master_key, provider_keys, upstream_auths
 from steward.secrets.crypto import DecryptError, Vault
 from steward.secrets.gateway_keys import KeyIndex
 from steward.secrets.provider_keys import CredentialIndex
@@ -49,6 +49,10 @@ log = logging.getLogger("steward")
 KEY_REFRESH_SECONDS = float(os.environ.get("STEWARD_KEY_REFRESH_SECONDS", "2"))
 GAUGE_PUBLISH_SECONDS = 5.0
 BODY_SWEEP_SECONDS = 3600.0  # several workers: how old another worker's gauges may be
+# Signing credentials (tokens, the cloud SDKs' chains) are asked this often whether they need
+# renewing; each renews itself well before it expires. The first refresh at load is bounded.
+AUTH_REFRESH_SECONDS = float(os.environ.get("STEWARD_AUTH_REFRESH_SECONDS", "60"))
+AUTH_LOAD_TIMEOUT = 20.0
 
 
 class Gateway:
@@ -58,6 +62,9 @@ class Gateway:
         self.router = Router(config.providers)
         self.keys = KeyIndex()
         self.credentials = CredentialIndex()
+        self._auths: dict[upstream_auths.Ref, upstream_auths.Held] = {}
+        self._auths_stale = True
+        self._auths_lock = asyncio.Lock()
         self._vault: Vault | None = None
         meta = config.metadata
         self.spool = Spool(self.home.spool, config.fsync_interval,
@@ -125,6 +132,7 @@ class Gateway:
         if db.is_postgres(self._db):
             self.sync = StateSync(self._db.target, self._state_changed)  # type: ignore[union-attr]
             self._tasks.append(asyncio.create_task(self.sync.run()))
+        self._tasks.append(asyncio.create_task(self._refresh_auths()))
         if self.config.pricing.refresh_interval > 0:
             self._tasks.append(asyncio.create_task(self._refresh_prices()))
         await self._start_uploader(self.config)
@@ -163,7 +171,10 @@ class Gateway:
         self.metrics.worker_exiting()
 
     async def _refresh(self) -> None:
+        """Keys, provider keys, prices and budgets from the database, then the cloud
+        authenticators for credentials that changed."""
         await asyncio.to_thread(self._refresh_keys)
+        await self._load_auths()
         if self._definitions is not None:
             self.governor.configure(*self._definitions)
             self._definitions = None
@@ -184,6 +195,9 @@ class Gateway:
         mtime = active.stat().st_mtime_ns if active.exists() else 0
         if version != self._data_version or mtime != self._prices_mtime:
             self._pricer = pricing.load_pricer(self.config.home, self._db)
+            self._pricer.aliases = {(name, deployment): model for name, p
+                                    in self.config.providers.items()
+                                    for deployment, model in p.deployments}
             self._prices_mtime = mtime
             if self.proxy is not None:
                 self.proxy.pricer = self._pricer
@@ -197,6 +211,7 @@ class Gateway:
             except DecryptError:  # the master key was rotated: find the new one
                 self._vault, _ = master_key.open_vault(self.config.home, self._db)
                 self.credentials.keys = provider_keys.load_all(self._db, self._vault)
+            self._auths_stale = True
             self._data_version = version
 
     async def _state_changed(self, kinds: frozenset[str]) -> None:
@@ -204,7 +219,7 @@ class Gateway:
         event loop; a failure leaves the change counted for the next refresh to retry."""
         self._generation += 1
         try:
-            await asyncio.to_thread(self._refresh_keys)
+            await self._refresh()
             if "secrets" in kinds:
                 await self._reload_secrets()
         except (sqlite3.Error, StewardError) as exc:
@@ -425,5 +440,39 @@ class Gateway:
                 await self._refresh()
             except (sqlite3.Error, StewardError) as exc:
                 log.error("could not refresh keys from the database: %s", exc)
+            await self._load_auths()
             if self.bodies is not None:
                 await asyncio.to_thread(self.bodies.write_status)
+
+    async def _load_auths(self) -> None:
+        """Authenticators for signing providers, after their credentials or configuration
+        changed: new ones refresh (mint a token, resolve a chain) before they serve."""
+        async with self._auths_lock:
+            if not self._auths_stale:
+                return
+            self._auths_stale = False
+            new = upstream_auths.build(self.config.providers, self.credentials.keys,
+                                       self._auths)
+            fresh = [held for ref, held in new.items() if self._auths.get(ref) is not held]
+            if fresh:
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(AUTH_LOAD_TIMEOUT):  # the background retries
+                        await asyncio.gather(*(self._refresh_auth(ref, held) for ref, held
+                                               in new.items() if held in fresh))
+            self._auths = new
+            self.credentials.auths = {ref: held.auth for ref, held in new.items()}
+
+    async def _refresh_auth(self, ref: upstream_auths.Ref, held: upstream_auths.Held) -> None:
+        try:
+            await held.auth.refresh()
+        except Exception as exc:  # the format's own error (a chain that resolves nothing…)
+            log.error("%s credentials (%s) could not be refreshed, will retry in %gs: %s",
+                      ref[0], "default" if ref[1] == provider_keys.DEFAULT_SCOPE else ref[1],
+                      AUTH_REFRESH_SECONDS, exc)
+
+    async def _refresh_auths(self) -> None:
+        """Renew tokens and chain credentials before they expire, off the request path."""
+        while True:
+            await asyncio.sleep(AUTH_REFRESH_SECONDS)
+            await asyncio.gather(*(self._refresh_auth(ref, held)
+                                   for ref, held in list(self._auths.items())))

@@ -25,6 +25,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from steward import providers
 from steward.db import Connection, changed, transaction
 from steward.errors import NotFoundError, StewardError
 from steward.files import write_private
@@ -78,13 +79,23 @@ class Pricer:
         self.overrides = overrides or {}
         self.version = f"{table['version']}@{table['date']}"
         self._warned: set[str] = set()
+        # (provider, requested model) -> the table name to price it by, from configuration
+        # (Azure deployments: the model and data zone a deployment name stands for).
+        self.aliases: dict[tuple[str, str], str] = {}
 
     def match(self, model: str, fmt: str | None) -> Match | None:
-        for name in candidates(model, fmt):
+        """An override, else the format's own entry (Azure's `azure/gpt-4o…` before OpenAI's
+        `gpt-4o…`, AI Studio's `gemini/…` before Vertex's bare Gemini names), else any."""
+        known = providers.FORMATS.get(fmt) if fmt else None
+        names = list(candidates(model, known.price_prefix or fmt if known else fmt))
+        for name in names:
             if name in self.overrides:
                 # An override replaces the table's entry whole: prices it leaves out fall back
                 # to its own input price, never to a table price from another scale.
                 return Match(name, self.overrides[name], "override")
+            if self.models.get(name, {}).get("provider") == fmt:
+                return Match(name, self.models[name], self.origin)
+        for name in names:
             if name in self.models:
                 return Match(name, self.models[name], self.origin)
         return None
@@ -98,7 +109,9 @@ class Pricer:
             out["pricing_status"] = "no_usage"
             return out
         found = None
-        for model in (record.get("response_model"), record.get("model")):
+        alias = self.aliases.get((record.get("provider"), record.get("model"))) \
+            if self.aliases else None
+        for model in (alias, record.get("response_model"), record.get("model")):
             if model and (found := self.match(model, record.get("format"))):
                 break
         if found is None:

@@ -11,12 +11,15 @@ import re
 import zlib
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import parse_qsl, urlencode
 
 from steward.providers.encoding import decompressor, inflate
 from steward.providers.streams import MAX_SSE_LINE, SSEParser
 from steward.providers.usage import Reading, dig
+
+if TYPE_CHECKING:
+    from steward.config import ProviderConfig
 
 # Non-streamed bodies larger than this are relayed but not parsed for usage; nor is a
 # compressed body past this size decompressed.
@@ -84,6 +87,23 @@ class StreamReader(Protocol):
     def finish(self, reading: Reading) -> None: ...
 
 
+class UpstreamAuth(Protocol):
+    """How a format that signs or mints its credentials (SigV4, OAuth tokens) authenticates
+    upstream: one per provider and credential scope, built when credentials are loaded."""
+
+    def apply(self, method: str, url: str, headers: list[tuple[str, str]],
+              body: bytes | bytearray) -> list[tuple[str, str]]:
+        """The headers to send upstream for this exact request. CPU only, no I/O (runs on the
+        event loop). Raises GatewayError (502/503, message naming the provider and what to do)
+        when no usable credential is at hand, e.g. no token minted yet."""
+        ...
+
+    async def refresh(self) -> None:
+        """Background only: mint or renew what `apply` needs (tokens) before it expires;
+        blocking work (google-auth's refresh) goes to a thread. No-op for static keys."""
+        ...
+
+
 def rewrite_query(query: bytes, names: Collection[str], replacement: str | None
                   ) -> tuple[list[str], bytes]:
     """The values of the named query parameters (credentials, such as Gemini's `key`), and the
@@ -133,6 +153,16 @@ class WireFormat:
     is_default: ClassVar[bool] = False
     # The `litellm_provider` values in LiteLLM's price table whose models this format serves.
     price_providers: ClassVar[tuple[str, ...]] = ()
+    # The prefix of its names in that table (`vertex_ai/claude-…`) when not the format's name.
+    price_prefix: ClassVar[str | None] = None
+    # Formats that authenticate with `upstream_auth` (signing, minted tokens) name the caller's
+    # own signing headers here (lower-case), meant for Steward's host: they are dropped, and
+    # the caller's credentials never go upstream (allow_caller_credentials does not apply).
+    # Empty: the format sends a stored key in its credential header.
+    caller_auth_headers: ClassVar[frozenset[bytes]] = frozenset()
+    # What `steward providers set` asks at a terminal for such a credential: (label, hidden,
+    # optional) per line, joined with newlines for `credential_from_text`.
+    credential_prompts: ClassVar[tuple[tuple[str, bool, bool], ...]] = ()
 
     def route(self, method: str, path: str) -> Route | None:
         """The route for a path this format claims when no provider is named, else None."""
@@ -150,6 +180,37 @@ class WireFormat:
     def credential_header(self, api_key: str) -> tuple[str, str]:
         """The header that carries a stored provider key injected by Steward."""
         raise NotImplementedError
+
+    def credential_from_text(self, text: str) -> tuple[str, str]:
+        """For a format with `upstream_auth`: the operator's credential as given to `steward
+        providers set` (stdin, prompts, a file) -> (the string to seal, what `providers list`
+        may show of it). Raises ValueError saying what is wrong, never echoing the secret."""
+        raise ValueError(f"{self.name} takes a single API key")
+
+    def check_credentials(self, provider: ProviderConfig, stored: str | None) -> str:
+        """For `steward doctor`, a format with `upstream_auth`: prove the credential works with
+        one cheap signed call to the provider (blocking; not on the request path). Returns what
+        was proved; raises StewardError saying what is wrong."""
+        raise NotImplementedError
+
+    def doctor(self, name: str, provider: ProviderConfig, stored: str | None) -> str | None:
+        """`steward doctor`'s check of a provider with a stored key (no `upstream_auth`) and
+        its provider-wide key (blocking, may call the provider): what worked, or None for the
+        generic check that its host answers. Raises StewardError saying what failed."""
+        return None
+
+    def upstream_base(self, base_url: str, route: Route, query: bytes) -> str:
+        """The base URL this request goes to: the configured one. A format whose host depends
+        on the request (Vertex's location) picks it here; one whose upstream would answer a
+        request unhelpfully (Azure without api-version) refuses it here with GatewayError."""
+        return base_url
+
+    def upstream_auth(self, provider: ProviderConfig, stored: str | None) -> UpstreamAuth | None:
+        """For a format with `caller_auth_headers`: the authenticator for one stored credential
+        (the sealed string `steward providers set` stored), or for the provider's default
+        chain when `stored` is None (`providers.NAME.credentials = "default"`). Raises
+        ValueError with a message for the operator when `stored` is unusable."""
+        return None
 
     def error_body(self, status: int, message: str) -> bytes:
         """A JSON error in this provider's own shape, so the caller's SDK raises its usual

@@ -49,11 +49,19 @@ def read_usage_metadata(meta: Any) -> Usage:
     )
 
 
+# Vertex AI's usageMetadata.trafficType: which tier billed the call (priced as such).
+_TRAFFIC_TIERS = {"ON_DEMAND": "standard", "ON_DEMAND_PRIORITY": "priority",
+                  "ON_DEMAND_FLEX": "flex", "PROVISIONED_THROUGHPUT": "provisioned"}
+
+
 def _read_element(obj: Any, reading: Reading) -> None:
     if not isinstance(obj, dict):
         return
     if "usageMetadata" in obj:
         reading.usage = read_usage_metadata(obj["usageMetadata"])
+        traffic = dig(obj, "usageMetadata", "trafficType")
+        if isinstance(traffic, str) and traffic in _TRAFFIC_TIERS:
+            reading.service_tier = _TRAFFIC_TIERS[traffic]
     if isinstance(obj.get("modelVersion"), str):
         reading.response_model = obj["modelVersion"]
     if isinstance(obj.get("responseId"), str):

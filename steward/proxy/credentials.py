@@ -1,8 +1,10 @@
-"""Which provider credential a request goes upstream with: a pure function, tested on any input.
+"""Which provider credential a request goes upstream with: pure functions, tested on any input.
 
 The caller's own credential is kept when it sent one and the provider allows that; otherwise
 the stored key (for this gateway key, else the provider's default) replaces whatever the caller
 sent, in the format's header. Gateway keys were removed from headers and query before this.
+Formats that sign requests (`WireFormat.caller_auth_headers`) never forward the caller's
+credentials: its signing headers are dropped and the request is signed just before it is sent.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Callable
 
 from steward.errors import GatewayError
 from steward.providers import WireFormat
-from steward.providers.base import rewrite_query
+from steward.providers.base import UpstreamAuth, rewrite_query
 
 Headers = list[tuple[str, str]]
 
@@ -40,3 +42,17 @@ def upstream_credential(fmt: WireFormat, provider: str, allow_caller: bool, head
         headers = [(n, v) for n, v in headers if n not in names]
         query = rewrite_query(query, params, None)[1]
     return [*headers, fmt.credential_header(key)], query
+
+
+def unsigned_headers(fmt: WireFormat, provider: str, headers: Headers,
+                     auth: UpstreamAuth | None) -> Headers:
+    """For a signing format: the caller's headers without its own credentials and signature
+    (made for Steward's host, useless upstream and not to be leaked), ready for `auth.apply`.
+    401 when no credential is configured for this request."""
+    if auth is None:
+        raise GatewayError(401, f"No {provider} credentials: have the operator store them with "
+                           f"`steward providers set {provider}`, or set "
+                           f"providers.{provider}.credentials = \"default\" to use the cloud "
+                           "SDK's own credential chain.")
+    drop = fmt.caller_auth_headers | set(fmt.credential_headers)
+    return [(n, v) for n, v in headers if n.encode("latin-1") not in drop]

@@ -11,6 +11,7 @@ from steward.budgets.governor import Admission
 from steward.ids import uuid7
 from steward.pricing.pricer import Pricer
 from steward.providers import Meter, Route
+from steward.providers.base import UpstreamAuth
 from steward.providers.usage import Reading
 from steward.proxy.routing import Upstream
 from steward.records.record import Record, rfc3339
@@ -30,6 +31,7 @@ class Exchange:
     upstream: Upstream | None = None
     route: Route | None = None
     key: GatewayKey | None = None
+    auth: UpstreamAuth | None = None  # signs the request just before it is sent (Bedrock…)
     tags: dict[str, str] = field(default_factory=dict)
     request_model: str | None = None
     status: int | None = None

@@ -29,7 +29,7 @@ from steward.errors import GatewayError
 from steward.pricing.pricer import Pricer
 from steward.providers.base import DecodingMeter, Meter
 from steward.proxy.access import Refusals, authorize
-from steward.proxy.credentials import upstream_credential
+from steward.proxy.credentials import unsigned_headers, upstream_credential
 from steward.proxy.exchange import Exchange
 from steward.proxy.forwarding import (
     HOP_BY_HOP,
@@ -205,6 +205,9 @@ class Proxy:
                      ) -> list[tuple[str, str]]:
         assert ex.upstream is not None and ex.key is not None
         upstream, key_id = ex.upstream, ex.key.id
+        if upstream.fmt.caller_auth_headers:  # signed in _forward, over the exact bytes sent
+            ex.auth = self.credentials.auth(upstream.name, key_id, time.time())
+            return unsigned_headers(upstream.fmt, upstream.name, headers, ex.auth)
         headers, ex.query = upstream_credential(
             upstream.fmt, upstream.name, upstream.allow_caller_credentials, headers, ex.query,
             lambda: self.credentials.lookup(upstream.name, key_id, time.time()))
@@ -281,10 +284,12 @@ class Proxy:
         a caller that goes away cancels it."""
         assert ex.upstream is not None and ex.route is not None
         upstream, route = ex.upstream, ex.route
-        target = upstream_url(upstream.base_url, ex.raw_path, ex.path, route.upstream_path,
-                              ex.query)
+        target = upstream_url(upstream.fmt.upstream_base(upstream.base_url, route, ex.query),
+                              ex.raw_path, ex.path, route.upstream_path, ex.query)
         task = asyncio.current_task()
         assert task is not None
+        if ex.auth is not None:
+            headers = ex.auth.apply(ex.method, target, headers, body)
         session = self.sessions[upstream.name]
         self._in_use[session] = self._in_use.get(session, 0) + 1
         watcher = asyncio.ensure_future(receive())

@@ -9,10 +9,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from steward.db import Connection, changed, transaction
 from steward.errors import NotFoundError, StewardError
 from steward.secrets.crypto import Vault
+
+if TYPE_CHECKING:
+    from steward.providers.base import UpstreamAuth
 
 DEFAULT_SCOPE = "*"
 PURPOSE = "provider-keys"
@@ -32,12 +36,15 @@ class ProviderKeyInfo:
 
 
 def set_key(conn: Connection, vault: Vault, provider: str, scope: str,
-            api_key: str) -> ProviderKeyInfo:
+            api_key: str, shown: str | None = None) -> ProviderKeyInfo:
+    """`shown`: what `providers list` shows instead of the last four characters (a cloud
+    credential's key id, not its JSON's closing brace); such a credential may hold spaces
+    (a service-account key's PEM)."""
     api_key = api_key.strip()
-    if not api_key or any(c.isspace() for c in api_key):
+    if not api_key or (shown is None and any(c.isspace() for c in api_key)):
         raise StewardError("the provider API key is empty or contains spaces")
     sealed = vault.seal(PURPOSE, api_key.encode(), _aad(provider, scope))
-    info = ProviderKeyInfo(provider, scope, api_key[-4:], time.time(), None)
+    info = ProviderKeyInfo(provider, scope, shown or api_key[-4:], time.time(), None)
     with transaction(conn):
         conn.execute(
             "INSERT INTO provider_keys (provider, scope, sealed, last4, created_at) "
@@ -128,11 +135,21 @@ def reseal_all(conn: Connection, old: Vault, new: Vault) -> int:
 
 
 class CredentialIndex:
-    """provider key per (provider, gateway key id), falling back to the provider default."""
+    """provider key per (provider, gateway key id), falling back to the provider default; for
+    formats that sign requests, the authenticator built from it (steward.secrets.upstream_auths)."""
 
     def __init__(self, keys: dict[tuple[str, str], str] | None = None):
         self.keys = keys or {}
+        self.auths: dict[tuple[str, str], UpstreamAuth] = {}
         self.last_used: dict[tuple[str, str], float] = {}
+
+    def auth(self, provider: str, key_id: str, now: float) -> UpstreamAuth | None:
+        for scope in (key_id, DEFAULT_SCOPE):
+            auth = self.auths.get((provider, scope))
+            if auth is not None:
+                self.last_used[(provider, scope)] = now
+                return auth
+        return None
 
     def lookup(self, provider: str, key_id: str, now: float) -> str | None:
         for scope in (key_id, DEFAULT_SCOPE):

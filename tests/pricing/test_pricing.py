@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from steward import db
+from steward import db, providers
 from steward.errors import StewardError
 from steward.pricing import pricer as pricing
 from steward.pricing import table as price_table
@@ -145,8 +145,8 @@ def test_unknown_model_warns_once(caplog: pytest.LogCaptureFixture) -> None:
 def test_bundled_table_records_its_source() -> None:
     assert BUNDLED["source"].startswith("litellm ") and BUNDLED["date"]
     assert len(BUNDLED["models"]) > 100
-    assert {m["provider"] for m in BUNDLED["models"].values()} == {"openai", "anthropic",
-                                                                   "gemini"}
+    assert {m["provider"] for m in BUNDLED["models"].values()} == {
+        f.name for f in providers.FORMATS.values() if f.price_providers}
 
 
 # -- pricing update -------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def litellm_table(gpt4o_input: float) -> dict:
                               "output_cost_per_token": 1.5e-05},
         "gemini/gemini-2.5-pro": {"litellm_provider": "gemini", "input_cost_per_token": 1e-06,
                                   "output_cost_per_token": 1e-05},
-        "vertex-only": {"litellm_provider": "vertex_ai", "input_cost_per_token": 1},
+        "cohere-only": {"litellm_provider": "cohere", "input_cost_per_token": 1},
     }
 
 
@@ -216,7 +216,7 @@ def test_pricing_update_keeps_the_last_good_table(fresh_home: tuple[Path, str],
     assert shown["models"] == [{"model": "gpt-4o", "source": "updated", "input": "5",
                                 "output": "10", "cache_read": None, "cache_write": None,
                                 "cache_write_1h": None}]
-    assert "vertex-only" not in (home / "prices.json").read_text()
+    assert "cohere-only" not in (home / "prices.json").read_text()
 
 
 def test_overrides_from_the_cli(fresh_home: tuple[Path, str]) -> None:
