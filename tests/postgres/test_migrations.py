@@ -53,8 +53,13 @@ def _serves(daemon: Daemon, key: str) -> bool:
 
 def _start_both(homes: list[Path], envs: list[dict[str, str]]) -> list[Daemon]:
     daemons = [Daemon(home, env=env) for home, env in zip(homes, envs, strict=True)]
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(Daemon.start, daemons))
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(Daemon.start, daemons))
+    except BaseException:  # the one that did start is not left running
+        for daemon in daemons:
+            daemon.stop()
+        raise
     return daemons
 
 
@@ -119,19 +124,19 @@ def test_upgrade_from_previous_schema_two_nodes_at_once(database: str, upstream:
     holder = postgres.PgConnection(postgres.Target.from_config(database))
     holder.execute("SELECT pg_advisory_lock(?)", (postgres.MIGRATION_LOCK,))
     daemons = [Daemon(home, env=env) for home, env in zip(homes, envs, strict=True)]
-    with ThreadPoolExecutor(2) as pool:
-        starts = [pool.submit(d.start) for d in daemons]
-        try:
-            wait_for(lambda: holder.execute(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            ).fetchone()[0] == 2, 30, "both nodes to wait for the migration lock")
-            assert postgres.schema_version(holder) == db.SCHEMA_VERSION - 1
-        finally:
-            holder.execute("SELECT pg_advisory_unlock(?)", (postgres.MIGRATION_LOCK,))
-            holder.close()
-        for start in starts:
-            start.result()
-    try:
+    try:  # every daemon stopped, whatever fails
+        with ThreadPoolExecutor(2) as pool:
+            starts = [pool.submit(d.start) for d in daemons]
+            try:
+                wait_for(lambda: holder.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                ).fetchone()[0] == 2, 30, "both nodes to wait for the migration lock")
+                assert postgres.schema_version(holder) == db.SCHEMA_VERSION - 1
+            finally:
+                holder.execute("SELECT pg_advisory_unlock(?)", (postgres.MIGRATION_LOCK,))
+                holder.close()
+            for start in starts:
+                start.result()
         assert all(_serves(d, plaintext) for d in daemons)
         assert _version(homes[1], envs[1]) == db.SCHEMA_VERSION
         listed = json.loads(cli("keys", "list", "--json", home=homes[0], env=envs[0]).stdout)
