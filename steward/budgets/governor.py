@@ -26,6 +26,17 @@ if TYPE_CHECKING:
 NO_RETRY_AFTER = 60
 
 
+@dataclass(frozen=True, slots=True)
+class ModelRates:
+    """What a worst case needs from the price table for one model, looked up once per table."""
+
+    priced: bool
+    rates: tuple[int, int]  # dearest input and output rates, attodollars per token
+    mode: str | None
+    max_output: Any
+    max_input: Any
+
+
 @dataclass(slots=True)
 class Admission:
     hold: Hold | None = None
@@ -41,6 +52,8 @@ class Governor:
         self.limits: dict[str, RateLimit] = {}
         self.windows: dict[str, Window] = {}
         self.active = False
+        self._rates: dict[tuple[str, str | None], ModelRates] = {}
+        self._rates_of: Pricer | None = None  # the pricer the cache was filled from
 
     def configure(self, budgets: dict[str, Budget], limits: dict[str, RateLimit]) -> None:
         self.ledger.reload(budgets)
@@ -124,20 +137,33 @@ class Governor:
             return 0, 0, None
         model = ex.request_model
         fmt = ex.upstream.fmt.name if ex.upstream else None
-        found = pricer.match(model, fmt) if model else None
-        entry = _table_entry(pricer, model, fmt) if model else {}
-        b = worst.bound(body, (entry or {}).get("mode"), (entry or {}).get("max_output_tokens"),
-                        (entry or {}).get("max_input_tokens"))
+        known = self._model(pricer, model, fmt)
+        b = worst.bound(body, known.mode, known.max_output, known.max_input)
         tokens = b.input_tokens + (b.output_tokens or 0)
         if not budgeted:
             return tokens, 0, None
-        if found is None:
+        if not known.priced:
             return tokens, 0, (f"no price is known for model {model!r}" if model
                                else "the request names no model")
         if b.output_tokens is None:
             return tokens, 0, (f"the request sets no output cap (max_tokens) and the price "
                                f"table has no maximum output for {model!r}")
-        return tokens, store.to_nano(worst.cost(found.prices, b)), None
+        return tokens, worst.cost_nano(known.rates, b), None
+
+    def _model(self, pricer: Pricer, model: str | None, fmt: str | None) -> ModelRates:
+        if pricer is not self._rates_of:  # a new table or override: look everything up again
+            self._rates, self._rates_of = {}, pricer
+        known = self._rates.get((model or "", fmt))
+        if known is None:
+            found = pricer.match(model, fmt) if model else None
+            entry = _table_entry(pricer, model, fmt) or {}
+            known = ModelRates(found is not None,
+                               worst.dearest(found.prices) if found else (0, 0),
+                               entry.get("mode"), entry.get("max_output_tokens"),
+                               entry.get("max_input_tokens"))
+            if len(self._rates) < 10_000:  # model names come from callers: keep it bounded
+                self._rates[(model or "", fmt)] = known
+        return known
 
     def _refuse_budget(self, ex: Exchange, short: Shortfall, now: float) -> None:
         acc = short.account

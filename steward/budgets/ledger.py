@@ -91,6 +91,7 @@ class Ledger:
         self._conn: db.Connection | None = None
         self.budgets: dict[str, Budget] = {}
         self.accounts: dict[tuple[str, str], Account] = {}
+        self._current: dict[str, Account] = {}  # each budget's account for the period now
         self._next: asyncio.Future[bool] | None = None
         self._lock = asyncio.Lock()
         self._syncing: set[asyncio.Future[None]] = set()
@@ -104,12 +105,17 @@ class Ledger:
         budget = self.budgets.get(scope)
         if budget is None:
             return None
+        current = self._current.get(scope)
+        if current is not None and current.budget is budget and (
+                current.resets_at is None or now < current.resets_at):
+            return current  # the common case: no date arithmetic per request
         start, resets = scopes.period_start(budget.period, now)
         acc = self.accounts.get((scope, start))
         if acc is None:
             acc = self.accounts[(scope, start)] = Account(budget, start, resets)
         elif acc.budget is not budget:  # changed by the CLI: requests in flight hold `acc`
             acc.budget = budget
+        self._current[scope] = acc
         return acc
 
     def try_reserve(self, parts: list[tuple[Account, int]]) -> Account | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 # Where each wire format puts the output cap: top level, or inside a config object.
@@ -77,14 +77,26 @@ def _choices(doc: dict[str, Any]) -> int:
     return 1
 
 
-def cost(prices: dict[str, Any], b: Bound) -> Decimal:
-    """Every input token at the dearest input-side rate, every output token at the dearest
-    output-side rate the entry lists."""
-    assert b.output_tokens is not None
-    dearest_in = max((Decimal(str(v)) for k, v in prices.items()
+ATTO_PER_NANO = 10**9
+
+
+def dearest(prices: dict[str, Any]) -> tuple[int, int]:
+    """The dearest input-side and output-side rates an entry lists, in attodollars (10^-18
+    USD) per token: whole numbers, so a request's cost is integer arithmetic."""
+    def atto(value: Any) -> int:
+        return int(Decimal(str(value)).scaleb(18).to_integral_value(rounding=ROUND_CEILING))
+    dearest_in = max((atto(v) for k, v in prices.items()
                       if k.startswith(("input_cost_per_token", "cache_creation_input_token_cost",
-                                       "cache_read_input_token_cost"))), default=Decimal(0))
-    dearest_out = max((Decimal(str(v)) for k, v in prices.items()
+                                       "cache_read_input_token_cost"))), default=0)
+    dearest_out = max((atto(v) for k, v in prices.items()
                        if k.startswith(("output_cost_per_token",
-                                        "output_cost_per_reasoning_token"))), default=Decimal(0))
-    return b.input_tokens * dearest_in + b.output_tokens * dearest_out
+                                        "output_cost_per_reasoning_token"))), default=0)
+    return dearest_in, dearest_out
+
+
+def cost_nano(rates: tuple[int, int], b: Bound) -> int:
+    """Every input token at the dearest input-side rate, every output token at the dearest
+    output-side rate, rounded up to the nanodollar."""
+    assert b.output_tokens is not None
+    atto = b.input_tokens * rates[0] + b.output_tokens * rates[1]
+    return -(-atto // ATTO_PER_NANO)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 
 import pytest
 
@@ -44,7 +43,10 @@ def test_every_token_at_its_dearest_rate() -> None:
     prices = {"input_cost_per_token": "0.000001", "cache_creation_input_token_cost": "0.00000125",
               "input_cost_per_token_above_200k_tokens": "0.000002",
               "output_cost_per_token": "0.00001", "output_cost_per_token_priority": "0.00002"}
-    assert worst.cost(prices, worst.Bound(1000, 10)) == Decimal("0.002") + Decimal("0.0002")
+    rates = worst.dearest(prices)
+    assert worst.cost_nano(rates, worst.Bound(1000, 10)) == 2_200_000  # $0.002 + $0.0002
+    assert worst.cost_nano(worst.dearest({"output_cost_per_token": "1E-12"}),
+                           worst.Bound(5, 1)) == 1  # rounded up, never down
 
 
 @pytest.mark.parametrize(("period", "now", "start", "reset"), [
