@@ -31,6 +31,8 @@ from steward.daemon.logs import configure as configure_logging
 from steward.errors import StewardError
 from steward.home import Home, init_home, require_home, resolve_home
 from steward.pricing import pricer as pricing
+from steward.providers import WireFormat
+from steward.providers import find as find_format
 from steward.records.flush import flush
 from steward.records.formats import UPLOAD_TOKEN, majordomo_ingest_url
 from steward.records.report import Group, check_grouping, parse_since, summarize
@@ -329,21 +331,63 @@ def _scope(conn: sqlite3.Connection, for_key: str | None) -> str:
     return gateway_keys.find_key(conn, for_key).id if for_key else provider_keys.DEFAULT_SCOPE
 
 
-def _check_provider(home: Path, provider: str) -> None:
+def _check_provider(home: Path, provider: str) -> WireFormat:
     providers = load_config(home).providers
     if provider not in providers:
         raise StewardError(f"unknown provider {provider!r}; configured: "
                            f"{', '.join(sorted(providers))}")
+    fmt = find_format(providers[provider].format)
+    assert fmt is not None  # the configuration was validated
+    return fmt
+
+
+def _signing_credential(fmt: WireFormat, provider: str, from_file: Path | None,
+                        from_stdin: bool) -> tuple[str, str]:
+    """A cloud credential (AWS keys…) from a file, stdin or prompts: the sealed value and
+    what may be shown of it."""
+    if from_file is not None:
+        try:
+            text = from_file.read_text()
+        except OSError as exc:
+            raise StewardError(f"{from_file}: {exc.strerror}") from None
+    elif from_stdin or not sys.stdin.isatty():
+        text = sys.stdin.read()
+    else:
+        text = "\n".join(typer.prompt(f"{provider} {label}", hide_input=hidden,
+                                      default="" if optional else None, show_default=False)
+                         for label, hidden, optional in fmt.credential_prompts)
+    try:
+        return fmt.credential_from_text(text)
+    except ValueError as exc:
+        raise StewardError(f"{provider} credentials not stored: {exc}") from None
 
 
 @providers_app.command("set")
 def providers_set(provider: ProviderArg, for_key: ForOption = None,
                   api_key_stdin: Annotated[bool, typer.Option(
                       "--api-key-stdin", help="Read the key from standard input.")] = False,
+                  from_file: Annotated[Path | None, typer.Option(
+                      "--from-file", help="Cloud providers: read the credentials from this "
+                      "file (Bedrock: JSON with access_key_id, secret_access_key and "
+                      "optionally session_token).")] = None,
                   home: HomeOption = None) -> None:
-    """Store a provider API key (read from stdin or a hidden prompt, never an argument)."""
+    """Store a provider API key (read from stdin or a hidden prompt, never an argument).
+
+    Bedrock takes AWS access keys: JSON on stdin or in --from-file, or prompted."""
     target = _home(home)
-    _check_provider(target, provider)
+    fmt = _check_provider(target, provider)
+    if fmt.caller_auth_headers:
+        value, shown = _signing_credential(fmt, provider, from_file, api_key_stdin)
+        with _db(target) as conn:
+            info = provider_keys.set_key(conn, _vault(target, conn), provider,
+                                         _scope(conn, for_key), value, shown=shown)
+        scope = "default" if info.scope == provider_keys.DEFAULT_SCOPE else f"for {info.scope}"
+        out.print(f"Stored the {provider} credentials …{info.last4} ({scope}), encrypted.",
+                  highlight=False)
+        return
+    if from_file is not None:
+        raise StewardError(f"--from-file is for cloud credentials; {provider} takes an API "
+                           "key on stdin or at the prompt")
     if api_key_stdin or not sys.stdin.isatty():
         api_key = sys.stdin.readline().strip()
     else:

@@ -114,6 +114,11 @@ def _log_format(v: str) -> None:
         raise ValueError("must be auto (JSON unless on a terminal), json or text")
 
 
+def _region(v: str) -> None:
+    if v and not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", v):
+        raise ValueError(f"{v!r} is not a cloud region name (e.g. us-east-1, eu-west-3)")
+
+
 def _credentials_source(v: str) -> None:
     if v not in ("stored", "default"):
         raise ValueError("must be stored (set with `steward providers set`) or default (the "
@@ -157,6 +162,9 @@ class ProviderConfig:
     # or "default" (the cloud SDK's own chain: instance role, environment, ADC) for requests
     # whose gateway key has no credential of its own.
     credentials: str = field(default="stored", metadata={"check": _credentials_source})
+    # The cloud region requests are signed for and sent to (Bedrock: `{region}` in base_url);
+    # empty: us-east-1.
+    region: str = field(default="", metadata={"check": _region})
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import httpx
 
-from steward import db
+from steward import db, providers
 from steward.bodies.bucket import bucket_settings, probe
 from steward.bodies.stores import open_store
-from steward.config import Config, load_config
+from steward.config import Config, ProviderConfig, load_config
 from steward.errors import StewardError
 from steward.home import Home
+from steward.providers.base import WireFormat
 from steward.records.formats import ENCODERS, UPLOAD_TOKEN
 from steward.secrets import master_key, provider_keys
 from steward.secrets.crypto import Vault
@@ -173,7 +174,13 @@ def _service_checks(cfg: Config, conn: sqlite3.Connection, vault: Vault) -> list
 
     checks.append(_check("ports free", "stop what holds the port or change server.port / "
                          "server.admin_port", ports))
+    stored = provider_keys.load_all(conn, vault)
     for name, provider in cfg.providers.items():
+        fmt = providers.find(provider.format)
+        if fmt is not None and fmt.caller_auth_headers:  # clouds: a signed call, if configured
+            checks += _signing_check(name, provider, fmt, stored)
+            continue
+
         def reach(url: str = provider.base_url) -> str:
             # Any HTTP answer proves DNS, TCP and TLS work; the status does not matter here.
             response = httpx.get(url, timeout=5, follow_redirects=False)
@@ -183,6 +190,31 @@ def _service_checks(cfg: Config, conn: sqlite3.Connection, vault: Vault) -> list
                              f"check DNS, egress firewall or HTTPS_PROXY for "
                              f"{provider.base_url}, or fix providers.{name}.base_url", reach))
     return checks
+
+
+def _signing_check(name: str, provider: ProviderConfig, fmt: WireFormat,
+                   stored: dict[tuple[str, str], str]) -> list[Check]:
+    """A provider that signs (Bedrock) is checked with its provider-wide credential (or, with
+    only per-key ones, the first), by one signed call; without any it serves nothing and is
+    not checked."""
+    mine = sorted((scope, value) for (p, scope), value in stored.items() if p == name)
+    if provider.credentials == "default":
+        value: str | None = None
+    elif mine:
+        value = dict(mine).get(provider_keys.DEFAULT_SCOPE, mine[0][1])
+    else:
+        return []
+    source = "the default credential chain" if value is None else "the stored credentials"
+
+    def signed() -> str:
+        try:
+            return fmt.check_credentials(provider, value)
+        except ValueError as exc:
+            raise StewardError(f"{source} cannot be used: {exc}") from None
+
+    return [_check(f"provider {name} credentials accepted",
+                   f"store working credentials with `steward providers set {name}` (or fix "
+                   f"providers.{name}.region / base_url)", signed)]
 
 
 def _steward_answers(cfg: Config) -> bool:

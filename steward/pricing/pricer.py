@@ -26,6 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from steward import providers
 from steward.db import transaction
 from steward.errors import NotFoundError, StewardError
 from steward.files import write_private
@@ -99,7 +100,10 @@ class Pricer:
             out["pricing_status"] = "no_usage"
             return out
         found = None
-        for model in (record.get("response_model"), record.get("model")):
+        fmt = providers.find(record["format"]) if record.get("format") else None
+        names = (fmt.price_models(record.get("response_model"), record.get("model"))
+                 if fmt is not None else (record.get("response_model"), record.get("model")))
+        for model in names:
             if model and (found := self.match(model, record.get("format"))):
                 break
         if found is None:

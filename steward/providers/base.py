@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import parse_qsl, urlencode
@@ -158,6 +158,9 @@ class WireFormat:
     # the caller's credentials never go upstream (allow_caller_credentials does not apply).
     # Empty: the format sends a stored key in its credential header.
     caller_auth_headers: ClassVar[frozenset[bytes]] = frozenset()
+    # What `steward providers set` asks at a terminal for such a credential: (label, hidden,
+    # optional) per line, joined with newlines for `credential_from_text`.
+    credential_prompts: ClassVar[tuple[tuple[str, bool, bool], ...]] = ()
 
     def route(self, method: str, path: str) -> Route | None:
         """The route for a path this format claims when no provider is named, else None."""
@@ -176,6 +179,21 @@ class WireFormat:
         """The header that carries a stored provider key injected by Steward."""
         raise NotImplementedError
 
+    def upstream_base_url(self, provider: ProviderConfig) -> str:
+        """Where a configured provider's requests go (Bedrock fills its region in)."""
+        return provider.base_url
+
+    def accepts_encoded_slash(self, raw_path: bytes) -> bool:
+        """Whether `%2F` in this raw path is the format's own (an ARN inside Bedrock's one
+        model segment); anywhere else it could route differently upstream and is refused."""
+        return False
+
+    def credential_from_text(self, text: str) -> tuple[str, str]:
+        """For a format with `upstream_auth`: the operator's credential as given to `steward
+        providers set` (stdin, prompts, a file) -> (the string to seal, what `providers list`
+        may show of it). Raises ValueError saying what is wrong, never echoing the secret."""
+        raise ValueError(f"{self.name} takes a single API key")
+
     def upstream_auth(self, provider: ProviderConfig, stored: str | None) -> UpstreamAuth | None:
         """For a format with `caller_auth_headers`: the authenticator for one stored credential
         (the sealed string `steward providers set` stored), or for the provider's default
@@ -183,10 +201,25 @@ class WireFormat:
         ValueError with a message for the operator when `stored` is unusable."""
         return None
 
+    def check_credentials(self, provider: ProviderConfig, stored: str | None) -> str:
+        """For `steward doctor`, a format with `upstream_auth`: prove the credential works with
+        one cheap signed call to the provider (blocking; not on the request path). Returns what
+        was proved; raises StewardError saying what is wrong."""
+        raise NotImplementedError
+
     def error_body(self, status: int, message: str) -> bytes:
         """A JSON error in this provider's own shape, so the caller's SDK raises its usual
         exception with Steward's message."""
         raise NotImplementedError
+
+    def error_headers(self, status: int) -> dict[str, str]:
+        """Headers that go with `error_body` (Bedrock names the error type in one)."""
+        return {}
+
+    def price_models(self, response_model: str | None, model: str | None) -> Iterator[str]:
+        """The model names to price a record by, best first: by default the one the provider
+        says answered, then the one requested."""
+        yield from (m for m in (response_model, model) if m)
 
     def is_stream(self, route: Route, content_type: str) -> bool:
         """Whether a response is a stream (recorded as `stream`, timed to the first chunk)."""
@@ -211,6 +244,8 @@ def error_message(obj: Any) -> str | None:
     message = dig(obj, "error", "message")
     if isinstance(message, str):
         return message
+    if isinstance(dig(obj, "message"), str):  # AWS's shape
+        return obj["message"]
     if isinstance(dig(obj, "error"), str):
         return obj["error"]
     return None

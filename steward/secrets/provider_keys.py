@@ -37,12 +37,14 @@ class ProviderKeyInfo:
 
 
 def set_key(conn: sqlite3.Connection, vault: Vault, provider: str, scope: str,
-            api_key: str) -> ProviderKeyInfo:
+            api_key: str, shown: str | None = None) -> ProviderKeyInfo:
+    """`shown`: what `providers list` shows instead of the last four characters (a cloud
+    credential's access key id, not its JSON's closing brace)."""
     api_key = api_key.strip()
     if not api_key or any(c.isspace() for c in api_key):
         raise StewardError("the provider API key is empty or contains spaces")
     sealed = vault.seal(PURPOSE, api_key.encode(), _aad(provider, scope))
-    info = ProviderKeyInfo(provider, scope, api_key[-4:], time.time(), None)
+    info = ProviderKeyInfo(provider, scope, shown or api_key[-4:], time.time(), None)
     with transaction(conn):
         conn.execute(
             "INSERT INTO provider_keys (provider, scope, sealed, last4, created_at) "

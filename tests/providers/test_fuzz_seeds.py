@@ -28,13 +28,14 @@ def test_seed_corpus_reaches_every_format_route_and_meter() -> None:
         if reading.usage.input_tokens is not None:
             read_usage.add(kind)
     assert cases == every_case
-    assert len(every_meter) == 8, every_meter  # JSON per format, 4 stream readers, Gemini array
+    # JSON per format, 4 SSE readers, Gemini's array, Bedrock's 2 event-stream readers
+    assert len(every_meter) == len(FORMATS) + 7, every_meter
     assert read_usage == every_meter, f"no seed reads usage in {every_meter - read_usage}"
 
 
 def test_cuts_are_read_from_the_front() -> None:
     whole = b'data: {"usage": {}}\n\n'
-    case = decode(bytes([2, 3, 1, 2, 0, 5, 0, 9]) + whole)
+    case = decode(bytes([FORMAT_NAMES.index("openai"), 3, 1, 2, 0, 5, 0, 9]) + whole)
     assert (case.fmt.name, case.route.endpoint, case.content_type) == (
         "openai", "streamGenerateContent", "application/json")
     assert case.whole == whole and case.parts == [whole[:5], whole[5:9], whole[9:]]

@@ -103,6 +103,9 @@ class ToySigFormat(WireFormat):
         except (ValueError, KeyError, TypeError):
             raise ValueError('expected {"secret": "…"}') from None
 
+    def credential_from_text(self, text: str) -> tuple[str, str]:
+        return text.strip(), text.strip()[-6:-2]
+
     def error_body(self, status: int, message: str) -> bytes:
         return json.dumps({"toysig_error": message}).encode()
 
