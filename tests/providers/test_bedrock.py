@@ -102,27 +102,24 @@ def bedrock(fake: FakeBedrock, tmp_path_factory: pytest.TempPathFactory
     home = tmp_path_factory.mktemp("bedrock-home")
     key = init_home(home)
     env = {"STEWARD_PROVIDERS__BEDROCK__BASE_URL": fake.url,
-           "STEWARD_PROVIDERS__BEDROCK__REGION": REGION, "STEWARD_ASYNCIO_DEBUG": "1"}
+           "STEWARD_PROVIDERS__BEDROCK__REGION": REGION}
     stored = cli("providers", "set", "bedrock", home=home, env=env, input=json.dumps(
         {"access_key_id": ACCESS_KEY_ID, "secret_access_key": SECRET,
          "session_token": SESSION_TOKEN}))
     assert "…7Q2Z" in stored.stdout
     daemon = Daemon(home, env=env).start()
-    # One request first, so the event-loop watchdog judges steady state, not start-up.
-    httpx.post(f"{daemon.url}/model/{BASE}/converse", json={"messages": MESSAGES},
-               headers={"X-Majordomo-Key": key}, timeout=30)
-    daemon.warm_log_offset = daemon.log_path.stat().st_size
     yield daemon, key
     daemon.stop()
 
 
-def through(daemon: Daemon, key: str, tag: str, **kwargs: Any) -> Any:
+def through(daemon: Daemon, key: str, tag: str, unsigned: bool = False) -> Any:
     """boto3 pointed at Steward: it signs with the caller's own keys for Steward's host (they
-    must not matter) and adds the gateway key and a tag in a before-sign hook."""
+    must not matter), or not at all, and adds the gateway key and a tag in a before-sign hook."""
+    config = BotoConfig(retries={"max_attempts": 1},
+                        signature_version=botocore.UNSIGNED if unsigned else None)
     client = boto3.client("bedrock-runtime", region_name=REGION, endpoint_url=daemon.url,
                           aws_access_key_id=CALLER_KEY_ID,
-                          aws_secret_access_key=CALLER_SECRET,
-                          config=BotoConfig(retries={"max_attempts": 1}), **kwargs)
+                          aws_secret_access_key=CALLER_SECRET, config=config)
 
     def add_headers(request: Any, **_: Any) -> None:
         request.headers["X-Majordomo-Key"] = key
@@ -152,7 +149,9 @@ def prices(model: str) -> dict[str, Decimal]:
 def check_signed(fake: FakeBedrock) -> None:
     seen = fake.last()
     assert seen.signed_by == ACCESS_KEY_ID
-    assert CALLER_KEY_ID not in json.dumps(seen.headers)
+    assert CALLER_KEY_ID not in json.dumps(seen.raw_headers)
+    names = [name for name, _ in seen.raw_headers]
+    assert len(names) == len(set(names)), names  # the caller's signing headers are gone
     assert "x-majordomo-key" not in seen.headers and "x-majordomo-test" not in seen.headers
     assert seen.headers["x-amz-security-token"] == SESSION_TOKEN
 
@@ -291,7 +290,7 @@ def test_anthropic_bedrock_sdk_with_the_gateway_key_as_its_api_key(
 def test_count_tokens_is_served_and_not_billed(bedrock: tuple[Daemon, str],
                                                fake: FakeBedrock, tag: str) -> None:
     daemon, key = bedrock
-    got = through(daemon, key, tag).count_tokens(
+    got = through(daemon, key, tag, unsigned=True).count_tokens(
         modelId=BASE, input={"converse": {"messages": MESSAGES}})
     assert got["inputTokens"] == 42
     record = daemon.record_tagged("test", tag)
@@ -384,9 +383,7 @@ def test_list_shows_the_access_key_ending_and_no_secret_leaks_anywhere(
             assert secret not in data, f"{secret[:8]!r}… found in {path}"
     for secret in secrets:
         assert secret.decode() not in shown
-    log = daemon.log()[daemon.warm_log_offset:]
-    assert "Traceback" not in log
-    assert "Executing" not in log  # nothing held the event loop 25 ms (signing included)
+    assert "Traceback" not in daemon.log()
 
 
 def doctor_check(home: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -419,3 +416,95 @@ def test_the_default_chain_signs_and_doctor_checks_both_kinds(
     wrong = doctor_check(home, {**chain_env, "AWS_SECRET_ACCESS_KEY": "wrong"})
     assert wrong["ok"] is False and "InvalidSignatureException" in wrong["detail"]
     assert "steward providers set bedrock" in wrong["fix"] and "wrong" not in wrong["detail"]
+
+
+def test_invocation_metrics_alone_give_usage_cache_included() -> None:
+    """Models whose own stream events carry no usage (Llama, Nova…): Bedrock's closing
+    invocationMetrics are the count, and their cache figures are kept, not billed as fresh."""
+    from steward.providers.base import Route
+    from steward.providers.bedrock import FORMAT, encode_message
+
+    def chunk(obj: dict[str, Any]) -> bytes:
+        import base64
+
+        data = base64.b64encode(json.dumps(obj).encode()).decode()
+        return encode_message({":event-type": "chunk", ":message-type": "event"},
+                              json.dumps({"bytes": data}).encode())
+
+    stream = chunk({"generation": "Hi", "stop_reason": None}) + chunk(
+        {"generation": "", "stop_reason": "stop", "amazon-bedrock-invocationMetrics": {
+            "inputTokenCount": 8, "outputTokenCount": 3, "cacheReadInputTokenCount": 100,
+            "cacheWriteInputTokenCount": 20}})
+    meter = FORMAT.meter(Route("invoke-with-response-stream", "/x"), 200,
+                         "application/vnd.amazon.eventstream")
+    meter.feed(stream[:30])
+    meter.feed(stream[30:])
+    reading = meter.finish()
+    assert (reading.usage.input_tokens, reading.usage.output_tokens,
+            reading.usage.cache_read_tokens, reading.usage.cache_write_tokens) == (128, 3, 100, 20)
+    assert reading.complete and reading.error is None
+
+
+def test_only_stewards_signature_goes_upstream_scoped_to_the_configured_region() -> None:
+    from steward.config import ProviderConfig
+    from steward.providers.bedrock import FORMAT
+    from steward.proxy.credentials import unsigned_headers
+
+    provider = ProviderConfig("bedrock", FORMAT.default_base_url, region="eu-west-3")
+    assert FORMAT.upstream_base_url(provider) == "https://bedrock-runtime.eu-west-3.amazonaws.com"
+    auth = FORMAT.upstream_auth(provider, FORMAT.credential_from_text(
+        f"{ACCESS_KEY_ID}\n{SECRET}\n")[0])
+    caller = [("authorization", f"AWS4-HMAC-SHA256 Credential={CALLER_KEY_ID}/x"),
+              ("x-amz-date", "19990101T000000Z"), ("x-amz-security-token", "callers-token"),
+              ("x-amz-content-sha256", "0" * 64), ("date", "Fri, 01 Jan 1999 00:00:00 GMT"),
+              ("content-type", "application/json"), ("amz-sdk-request", "attempt=1")]
+    url = FORMAT.upstream_base_url(provider) + f"/model/{ARN.replace(':', '%3A')}/converse"
+    out = auth.apply("POST", url, unsigned_headers(FORMAT, "bedrock", caller, auth), b"{}")
+    names = [name.lower() for name, _ in out]
+    assert len(names) == len(set(names)) and "x-amz-security-token" not in names
+    text = json.dumps(out)
+    assert CALLER_KEY_ID not in text and "1999" not in text and "callers-token" not in text
+    signature = dict(out)["Authorization"]
+    assert f"Credential={ACCESS_KEY_ID}/" in signature and "/eu-west-3/bedrock/" in signature
+    assert "SignedHeaders=content-type;host;x-amz-date," in signature
+
+
+def test_a_converse_stream_is_complete_at_its_metadata_event_not_before() -> None:
+    """A caller hanging up after the last event had the whole answer (no error recorded);
+    one cut after messageStop but before metadata did not, and has no usage."""
+    from steward.providers.base import Route
+    from steward.providers.bedrock import FORMAT
+
+    frames = FakeBedrock.converse_frames()
+    for upto, complete in ((len(frames) - 1, False), (len(frames), True)):
+        meter = FORMAT.meter(Route("converse-stream", "/x"), 200,
+                             "application/vnd.amazon.eventstream")
+        for frame in frames[:upto]:
+            meter.feed(frame)
+        reading = meter.finish()
+        assert reading.complete is complete
+        assert (reading.usage.input_tokens == 171) is complete
+
+
+def test_providers_set_bedrock_reads_a_file_or_lines_and_refuses_in_one_line(
+        tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    init_home(home)
+    cli("keys", "add", "team", home=home)
+    creds = tmp_path / "aws.json"
+    creds.write_text(json.dumps({"AccessKeyId": "AKIAFROMFILE0000WXYZ", "SecretAccessKey": SECRET,
+                                 "SessionToken": SESSION_TOKEN}))
+    stored = cli("providers", "set", "bedrock", "--for", "team", "--from-file", str(creds),
+                 home=home)
+    assert "…WXYZ (for key_" in stored.stdout and SECRET not in stored.stdout
+    cli("providers", "set", "bedrock", home=home, input=f"AKIALINES00000000ABCD\n{SECRET}\n")
+    listed = {(r["scope"], r["last4"]) for r in json.loads(
+        cli("providers", "list", "--json", home=home).stdout) if r["provider"] == "bedrock"}
+    assert ("default", "ABCD") in listed and any(last4 == "WXYZ" for _, last4 in listed)
+
+    bad = cli("providers", "set", "bedrock", home=home, input="AKIAONLYANID\n", check=False)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0 and "secret access key are required" in bad.stderr
+    missing = cli("providers", "set", "bedrock", "--from-file", str(tmp_path / "none"),
+                  home=home, check=False)
+    assert missing.returncode == 1 and "No such file" in missing.stderr

@@ -55,6 +55,7 @@ class Seen:
     raw_path: str
     model: str
     headers: dict[str, str]
+    raw_headers: list[tuple[str, str]]  # as sent, repeats included
     body: bytes
     signed_by: str | None  # the access key id whose signature verified, None: refused
     sent: bytes = b""  # the exact response body
@@ -127,7 +128,8 @@ class FakeBedrock:
         call = _PATH.fullmatch(path)
         model = unquote(call.group(1)) if call else ""
         seen = Seen(request.method, request.raw_path, model,
-                    {k.lower(): v for k, v in request.headers.items()}, body, None)
+                    {k.lower(): v for k, v in request.headers.items()},
+                    [(k.lower(), v) for k, v in request.headers.items()], body, None)
         self.requests.append(seen)
         refused = self.verify(request, body)
         if refused:
