@@ -625,6 +625,9 @@ DEFAULT_TOML = """\
 # base_url = "https://api.anthropic.com"
 # [providers.gemini]
 # base_url = "https://generativelanguage.googleapis.com"
+# [providers.bedrock]             # AWS keys: `steward providers set bedrock`
+# region = "us-east-1"            # signed for, and {region} in base_url
+# credentials = "stored"          # or "default": botocore's chain (instance role, env…)
 
 # More upstreams speaking one of the three wire formats, reached with
 # `X-Majordomo-Provider: together`:
