@@ -401,18 +401,27 @@ def providers_set(provider: ProviderArg, for_key: ForOption = None,
 
 @providers_app.command("list")
 def providers_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Stored provider keys: provider, scope, last four characters, dates."""
-    with _db(_home(home)) as conn:
+    """Stored provider keys: provider, scope, last four characters, dates; and the clouds
+    that use their SDK's default credential chain."""
+    target = _home(home)
+    with _db(target) as conn:
         keys = provider_keys.list_keys(conn)
-    rows = [{"provider": k.provider, "scope": "default" if k.scope == "*" else k.scope,
-             "last4": k.last4, "created_at": k.created_at, "last_used_at": k.last_used_at}
-            for k in keys]
+    rows: list[dict[str, Any]] = [
+        {"provider": k.provider, "scope": "default" if k.scope == "*" else k.scope,
+         "last4": k.last4, "created_at": k.created_at, "last_used_at": k.last_used_at,
+         "source": "stored"} for k in keys]
+    for name, provider in load_config(target).providers.items():
+        fmt = find_format(provider.format)
+        if provider.credentials == "default" and fmt is not None and fmt.caller_auth_headers:
+            rows.append({"provider": name, "scope": "default", "last4": None,
+                         "created_at": None, "last_used_at": None, "source": "default chain"})
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     table = Table("provider", "scope", "key", "created", "last used")
     for row in rows:
-        table.add_row(row["provider"], row["scope"], "…" + row["last4"],
+        shown = "(default chain)" if row["last4"] is None else "…" + row["last4"]
+        table.add_row(row["provider"], row["scope"], shown,
                       _when(row["created_at"]), _when(row["last_used_at"]))
     out.print(table)
 

@@ -406,6 +406,9 @@ def test_the_default_chain_signs_and_doctor_checks_both_kinds(
                  "AWS_SESSION_TOKEN": SESSION_TOKEN, "AWS_CONFIG_FILE": "/dev/null",
                  "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true"}
     assert doctor_check(home, chain_env)["ok"] is True
+    listed = json.loads(cli("providers", "list", "--json", home=home, env=chain_env).stdout)
+    assert [(r["provider"], r["scope"], r["source"]) for r in listed] == [
+        ("bedrock", "default", "default chain")]
     chain = Daemon(home, env=chain_env).start()
     try:
         through(chain, key, tag).converse(modelId=BASE, messages=MESSAGES)
