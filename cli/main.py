@@ -408,8 +408,8 @@ def providers_list(home: HomeOption = None, as_json: JsonOption = False) -> None
         keys = provider_keys.list_keys(conn)
     rows: list[dict[str, Any]] = [
         {"provider": k.provider, "scope": "default" if k.scope == "*" else k.scope,
-         "last4": k.last4, "created_at": k.created_at, "last_used_at": k.last_used_at,
-         "source": "stored"} for k in keys]
+         "last4": k.last4, "created_at": k.created_at, "last_used_at": k.last_used_at}
+        for k in keys]
     for name, provider in load_config(target).providers.items():
         fmt = find_format(provider.format)
         if provider.credentials == "default" and fmt is not None and fmt.caller_auth_headers:

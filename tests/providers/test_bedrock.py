@@ -407,7 +407,7 @@ def test_the_default_chain_signs_and_doctor_checks_both_kinds(
                  "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true"}
     assert doctor_check(home, chain_env)["ok"] is True
     listed = json.loads(cli("providers", "list", "--json", home=home, env=chain_env).stdout)
-    assert [(r["provider"], r["scope"], r["source"]) for r in listed] == [
+    assert [(r["provider"], r["scope"], r.get("source")) for r in listed] == [
         ("bedrock", "default", "default chain")]
     chain = Daemon(home, env=chain_env).start()
     try:
