@@ -511,3 +511,10 @@ def test_providers_set_bedrock_reads_a_file_or_lines_and_refuses_in_one_line(
     missing = cli("providers", "set", "bedrock", "--from-file", str(tmp_path / "none"),
                   home=home, check=False)
     assert missing.returncode == 1 and "No such file" in missing.stderr
+
+
+def test_telemetry_names_bedrock_as_the_genai_conventions_do() -> None:
+    from steward.daemon.telemetry import operation, provider_name
+
+    record = {"provider": "bedrock", "endpoint": "converse-stream"}
+    assert (provider_name(record), operation(record)) == ("aws.bedrock", "chat")
