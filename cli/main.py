@@ -366,7 +366,7 @@ def _check_provider(home: Path, provider: str) -> WireFormat:
 
 def _signing_credential(fmt: WireFormat, provider: str, from_file: Path | None,
                         from_stdin: bool) -> tuple[str, str]:
-    """A cloud credential (a service-account key file…) from a file, stdin or prompts: the
+    """A cloud credential (AWS keys, a service-account key file…) from a file, stdin or prompts: the
     sealed value and what may be shown of it."""
     if from_file is not None:
         try:
@@ -392,11 +392,13 @@ def providers_set(provider: ProviderArg, for_key: ForOption = None,
                       "--api-key-stdin", help="Read the key from standard input.")] = False,
                   from_file: Annotated[Path | None, typer.Option(
                       "--from-file", help="Cloud providers: read the credentials from this "
-                      "file (Vertex: the service-account key JSON).")] = None,
+                      "file (Bedrock: JSON with access_key_id, secret_access_key and "
+                      "optionally session_token; Vertex: the service-account key JSON).")] = None,
                   home: HomeOption = None) -> None:
     """Store a provider API key (read from stdin or a hidden prompt, never an argument).
 
-    Vertex takes a service-account key file: --from-file, or the JSON on stdin."""
+    Bedrock takes AWS access keys: JSON on stdin or in --from-file, or prompted. Vertex takes
+    a service-account key file: --from-file, or the JSON on stdin."""
     target = _home(home)
     fmt = _check_provider(target, provider)
     if fmt.caller_auth_headers:
@@ -424,18 +426,27 @@ def providers_set(provider: ProviderArg, for_key: ForOption = None,
 
 @providers_app.command("list")
 def providers_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Stored provider keys: provider, scope, last four characters, dates."""
-    with _db(_home(home)) as conn:
+    """Stored provider keys: provider, scope, last four characters, dates; and the clouds
+    that use their SDK's default credential chain."""
+    target = _home(home)
+    with _db(target) as conn:
         keys = provider_keys.list_keys(conn)
-    rows = [{"provider": k.provider, "scope": "default" if k.scope == "*" else k.scope,
-             "last4": k.last4, "created_at": k.created_at, "last_used_at": k.last_used_at}
-            for k in keys]
+    rows: list[dict[str, Any]] = [
+        {"provider": k.provider, "scope": "default" if k.scope == "*" else k.scope,
+         "last4": k.last4, "created_at": k.created_at, "last_used_at": k.last_used_at}
+        for k in keys]
+    for name, provider in load_config(target).providers.items():
+        fmt = providers.find(provider.format)
+        if provider.credentials == "default" and fmt is not None and fmt.caller_auth_headers:
+            rows.append({"provider": name, "scope": "default", "last4": None,
+                         "created_at": None, "last_used_at": None, "source": "default chain"})
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     table = Table("provider", "scope", "key", "created", "last used")
     for row in rows:
-        table.add_row(row["provider"], row["scope"], "…" + row["last4"],
+        shown = "(default chain)" if row["last4"] is None else "…" + row["last4"]
+        table.add_row(row["provider"], row["scope"], shown,
                       _when(row["created_at"]), _when(row["last_used_at"]))
     out.print(table)
 

@@ -131,6 +131,11 @@ def parse_deployments(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple((name.strip(), model.strip()) for name, model in items)
 
 
+def _region(v: str) -> None:
+    if v and not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", v):
+        raise ValueError(f"{v!r} is not a cloud region name (e.g. us-east-1, eu-west-3)")
+
+
 def _credentials_source(v: str) -> None:
     if v not in ("stored", "default"):
         raise ValueError("must be stored (set with `steward providers set`) or default (the "
@@ -185,6 +190,9 @@ class ProviderConfig:
     # or "default" (the cloud SDK's own chain: instance role, environment, ADC) for requests
     # whose gateway key has no credential of its own.
     credentials: str = field(default="stored", metadata={"check": _credentials_source})
+    # The cloud region requests are signed for and sent to (Bedrock: `{region}` in base_url);
+    # empty: us-east-1.
+    region: str = field(default="", metadata={"check": _region})
 
 
 @dataclass(frozen=True)
@@ -683,6 +691,9 @@ DEFAULT_TOML = """\
 # base_url = "https://api.anthropic.com"
 # [providers.gemini]
 # base_url = "https://generativelanguage.googleapis.com"
+# [providers.bedrock]             # AWS keys: `steward providers set bedrock`
+# region = "us-east-1"            # signed for, and {region} in base_url
+# credentials = "stored"          # or "default": botocore's chain (instance role, env…)
 # [providers.vertex]           # Google Vertex AI: the host follows each path's location
 # credentials = "stored"       # `steward providers set vertex --from-file sa.json`; or "default"
 # [providers.azure]            # Azure OpenAI: a provider once its resource endpoint is set

@@ -451,8 +451,9 @@ class Gateway:
             if not self._auths_stale:
                 return
             self._auths_stale = False
-            new = upstream_auths.build(self.config.providers, self.credentials.keys,
-                                       self._auths)
+            # In a thread: the first Bedrock credential imports botocore (a quarter second).
+            new = await asyncio.to_thread(upstream_auths.build, self.config.providers,
+                                          self.credentials.keys, self._auths)
             fresh = [held for ref, held in new.items() if self._auths.get(ref) is not held]
             if fresh:
                 with suppress(TimeoutError):

@@ -81,8 +81,10 @@ TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
                     40.96, 81.92)
 RETRYABLE = {429, 502, 503, 504}  # OTLP/HTTP: retry these; other failures drop the batch
-PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini"}
+PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini",
+                  "bedrock": "aws.bedrock"}
 OPERATIONS = {"chat/completions": "chat", "responses": "chat", "messages": "chat",
+              "converse": "chat", "converse-stream": "chat",
               "completions": "text_completion", "embeddings": "embeddings",
               "generateContent": "generate_content",
               "streamGenerateContent": "generate_content", "embedContent": "embeddings",

@@ -109,9 +109,12 @@ class Pricer:
             out["pricing_status"] = "no_usage"
             return out
         found = None
+        fmt = providers.find(record["format"]) if record.get("format") else None
+        names = (fmt.price_models(record.get("response_model"), record.get("model"))
+                 if fmt is not None else (record.get("response_model"), record.get("model")))
         alias = self.aliases.get((record.get("provider"), record.get("model"))) \
             if self.aliases else None
-        for model in (alias, record.get("response_model"), record.get("model")):
+        for model in (alias, *names):
             if model and (found := self.match(model, record.get("format"))):
                 break
         if found is None:

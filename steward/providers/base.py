@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import parse_qsl, urlencode
@@ -181,6 +181,15 @@ class WireFormat:
         """The header that carries a stored provider key injected by Steward."""
         raise NotImplementedError
 
+    def upstream_base_url(self, provider: ProviderConfig) -> str:
+        """Where a configured provider's requests go (Bedrock fills its region in)."""
+        return provider.base_url
+
+    def accepts_encoded_slash(self, raw_path: bytes) -> bool:
+        """Whether `%2F` in this raw path is the format's own (an ARN inside Bedrock's one
+        model segment); anywhere else it could route differently upstream and is refused."""
+        return False
+
     def credential_from_text(self, text: str) -> tuple[str, str]:
         """For a format with `upstream_auth`: the operator's credential as given to `steward
         providers set` (stdin, prompts, a file) -> (the string to seal, what `providers list`
@@ -217,6 +226,15 @@ class WireFormat:
         exception with Steward's message."""
         raise NotImplementedError
 
+    def error_headers(self, status: int) -> dict[str, str]:
+        """Headers that go with `error_body` (Bedrock names the error type in one)."""
+        return {}
+
+    def price_models(self, response_model: str | None, model: str | None) -> Iterator[str]:
+        """The model names to price a record by, best first: by default the one the provider
+        says answered, then the one requested."""
+        yield from (m for m in (response_model, model) if m)
+
     def is_stream(self, route: Route, content_type: str) -> bool:
         """Whether a response is a stream (recorded as `stream`, timed to the first chunk)."""
         return content_type.startswith("text/event-stream")
@@ -240,6 +258,8 @@ def error_message(obj: Any) -> str | None:
     message = dig(obj, "error", "message")
     if isinstance(message, str):
         return message
+    if isinstance(dig(obj, "message"), str):  # AWS's shape
+        return obj["message"]
     if isinstance(dig(obj, "error"), str):
         return obj["error"]
     return None

@@ -48,6 +48,7 @@ class Exchange:
     body_error: str | None = None  # why no body was kept (bodies.min_free)
     admission: Admission | None = None  # budgets and rate limits reserved, to settle
     client_gone: bool = False
+    encoded_slash: bool = False  # the raw path has %2F: the routed format must accept it
     responded: bool = False  # response headers sent (or Steward's error answer decided)
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     error_body: bytes | None = None  # Steward's own error answer, in the provider's shape

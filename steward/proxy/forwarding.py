@@ -24,8 +24,12 @@ MAJORDOMO = b"x-majordomo-"
 GATEWAY_KEY = KEY_PREFIX.encode()
 DECODABLE = {"gzip", "deflate", "identity"}
 
-# "..", encoded ".", "/", "\\" or NUL, and raw control characters.
+# "..", encoded ".", "/", "\\" or NUL, and raw control characters. An encoded "/" is refused
+# unless the format routed to says it is its own (Bedrock's ARN model ids).
 UNSAFE_PATH = re.compile(rb"(^|/)\.\.(/|$)|%2e|%2f|%5c|%00|[\x00-\x1f\x7f]", re.IGNORECASE)
+UNSAFE_BUT_SLASH = re.compile(rb"(^|/)\.\.(/|$)|%2e|%5c|%00|[\x00-\x1f\x7f]", re.IGNORECASE)
+UNSAFE_PATH_MESSAGE = ("the path contains '..', an encoded '.', '/' or '\\', or a control "
+                       "character; LLM API paths never do")
 
 
 @dataclass(slots=True)

@@ -33,7 +33,9 @@ from steward.proxy.credentials import unsigned_headers, upstream_credential
 from steward.proxy.exchange import Exchange
 from steward.proxy.forwarding import (
     HOP_BY_HOP,
+    UNSAFE_BUT_SLASH,
     UNSAFE_PATH,
+    UNSAFE_PATH_MESSAGE,
     find_gateway_key,
     split_headers,
     strip_gateway_keys,
@@ -167,15 +169,17 @@ class Proxy:
         """The request's shape checked, its headers sorted (forwarded, tags, provider), the
         upstream and route chosen, and the key's scopes checked against the route."""
         assert ex.key is not None
-        self._check_request_shape(scope)
+        self._check_request_shape(ex, scope)
         split = split_headers(scope["headers"], self.max_tags, self.max_tag_bytes)
         ex.tags = split.tags
         ex.query = strip_gateway_keys(ex.query)
         ex.upstream, ex.route = self.router.resolve(ex.method, ex.path, split.provider)
+        if ex.encoded_slash and not ex.upstream.fmt.accepts_encoded_slash(ex.raw_path):
+            raise GatewayError(400, UNSAFE_PATH_MESSAGE)
         authorize(ex.key, ex.upstream.name, ex.route, ex.method, ex.path)
         return split.forward
 
-    def _check_request_shape(self, scope: Scope) -> None:
+    def _check_request_shape(self, ex: Exchange, scope: Scope) -> None:
         """URL length (414), header count and size (431), and paths that could mean something
         else to the upstream than to Steward (400)."""
         raw_path: bytes = scope["raw_path"]
@@ -190,8 +194,9 @@ class Proxy:
             raise GatewayError(431, "the request headers are larger than Steward's limit of "
                                f"{self.limits.max_header_bytes} bytes (limits.max_header_bytes)")
         if UNSAFE_PATH.search(raw_path):
-            raise GatewayError(400, "the path contains '..', an encoded '.', '/' or '\\', or a "
-                               "control character; LLM API paths never do")
+            if UNSAFE_BUT_SLASH.search(raw_path):
+                raise GatewayError(400, UNSAFE_PATH_MESSAGE)
+            ex.encoded_slash = True  # the format routed to decides (_route)
         names = {n for n, _ in headers}
         if b"transfer-encoding" in names and b"content-length" in names:
             # RFC 9112 6.3: the two framings disagree on where the body ends, so bytes after
@@ -460,7 +465,8 @@ class Proxy:
         ex.response_headers = [(b"content-type", b"application/json"),
                                (b"content-length", str(len(body)).encode()),
                                (REQUEST_ID_HEADER, ex.id.encode())]
-        ex.response_headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+        ex.response_headers += [(k.lower().encode(), v.encode()) for k, v
+                                in {**fmt.error_headers(err.status), **err.headers}.items()]
         ex.error_body = body
         ex.ending = [{"type": "http.response.start", "status": err.status,
                       "headers": ex.response_headers},

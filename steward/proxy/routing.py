@@ -30,7 +30,7 @@ class Router:
             fmt = providers.find(p.format)
             if fmt is None:  # config validation names the choices; this is a programming error
                 raise ValueError(f"providers.{name}: unknown format {p.format!r}")
-            self.upstreams[name] = Upstream(name, fmt, p.base_url.rstrip("/"),
+            self.upstreams[name] = Upstream(name, fmt, fmt.upstream_base_url(p).rstrip("/"),
                                             p.allow_caller_credentials)
         # Path detection: a format's paths lead to the upstream named after it, if configured.
         self._detect = [f for f in providers.detection_order() if f.name in self.upstreams]

@@ -8,6 +8,7 @@ integers from the end of the input, which made every seed land on the same two p
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,13 +16,15 @@ from pathlib import Path
 
 from steward.providers import FORMATS
 from steward.providers.base import Meter, Route, WireFormat
+from steward.providers.bedrock import encode_message
 from steward.providers.streams import JsonArrayScanner, SSEParser
 from steward.providers.usage import Reading
 
 FORMAT_NAMES = sorted(FORMATS)
 ROUTES = [Route("chat/completions", "/chat/completions"), Route("responses", "/responses"),
-          Route("messages", "/v1/messages"), Route("streamGenerateContent", "/x")]
-CONTENT_TYPES = ["text/event-stream", "application/json"]
+          Route("messages", "/v1/messages"), Route("streamGenerateContent", "/x"),
+          Route("converse-stream", "/x")]
+CONTENT_TYPES = ["text/event-stream", "application/json", "application/vnd.amazon.eventstream"]
 HEADER = 4
 MAX_CUTS = 8
 
@@ -90,6 +93,19 @@ RESPONSES_USAGE = {"input_tokens": 7, "output_tokens": 4,
 ANTHROPIC_USAGE = {"input_tokens": 5, "output_tokens": 1, "cache_read_input_tokens": 2}
 GEMINI_USAGE = {"promptTokenCount": 4, "candidatesTokenCount": 2, "thoughtsTokenCount": 1}
 
+CONVERSE_USAGE = {"inputTokens": 3, "outputTokens": 2, "cacheReadInputTokens": 4}
+EVENT = {":message-type": "event", ":content-type": "application/json"}
+
+
+def _frames(*events: tuple[str, object]) -> bytes:
+    return b"".join(encode_message({**EVENT, ":event-type": kind}, json.dumps(obj).encode())
+                    for kind, obj in events)
+
+
+def _chunk(obj: object) -> tuple[str, object]:
+    return "chunk", {"bytes": base64.b64encode(json.dumps(obj).encode()).decode()}
+
+
 # Real response shapes, one per meter, so the fuzzer starts inside the usage-reading code.
 SAMPLES = [
     _sse((None, {"model": "m", "choices": []}),
@@ -105,6 +121,12 @@ SAMPLES = [
     json.dumps({"usageMetadata": GEMINI_USAGE, "modelVersion": "g"}).encode(),
     b"[" + json.dumps({"candidates": []}).encode() + b",\n"
     + json.dumps({"usageMetadata": GEMINI_USAGE}).encode() + b"]",
+    _frames(("messageStop", {"stopReason": "end_turn"}),
+            ("metadata", {"usage": CONVERSE_USAGE})),
+    _frames(_chunk({"type": "message_start", "message": {"model": "c",
+                                                         "usage": ANTHROPIC_USAGE}}),
+            _chunk({"type": "message_stop", "amazon-bedrock-invocationMetrics": {
+                "inputTokenCount": 5, "outputTokenCount": 1}})),
 ]
 
 

@@ -26,6 +26,7 @@ from steward.errors import StewardError
 from steward.pricing import pricer as pricing
 from steward.pricing import table as price_table
 from steward.pricing.pricer import Pricer
+from steward.providers import FORMATS
 from tests.support.daemon import Daemon, cli, provider_env
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.waiting import wait_for
@@ -146,7 +147,7 @@ def test_bundled_table_records_its_source() -> None:
     assert BUNDLED["source"].startswith("litellm ") and BUNDLED["date"]
     assert len(BUNDLED["models"]) > 100
     assert {m["provider"] for m in BUNDLED["models"].values()} == {
-        f.name for f in providers.FORMATS.values() if f.price_providers}
+        f.name for f in FORMATS.values() if f.price_providers}
 
 
 # -- pricing update -------------------------------------------------------------------------
