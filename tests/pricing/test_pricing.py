@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from steward import db, providers
+from steward import db
 from steward.errors import StewardError
 from steward.pricing import pricer as pricing
 from steward.pricing import table as price_table
