@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.support.fake_upstream import CHAT_USAGE, CREATED, TEXT_PIECES, Seen
-from tests.support.loopback import LoopbackServer
+from tests.support.loopback import CatchAllFake, LoopbackServer
 
 AZURE_KEY = "azure-key-0123456789abcdef0123456789abcdef"
 # deployment -> the model it serves, as Azure reports it in responses
@@ -31,32 +31,17 @@ PROMPT_FILTERS = [{"prompt_index": 0, "content_filter_results": {
 
 
 @dataclass
-class FakeAzure:
+class FakeAzure(CatchAllFake):
     key: str = AZURE_KEY
     port: int = 0
     requests: list[Seen] = field(default_factory=list)
     _server: LoopbackServer | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FakeAzure:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._server = LoopbackServer(app, self.port, "fake-azure")
-        self.port = self._server.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
+    name = "fake-azure"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.requests.append(Seen(request.method, request.path, request.query_string,
-                                  request.raw_path.split("?")[0], dict(request.headers), body,
-                                  list(request.raw_headers)))
+        self.requests.append(Seen.of(request, body))
         path = request.path
         v1 = path.startswith("/openai/v1/")
         presented = request.headers.get("api-key")

@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support.loopback import LoopbackServer
+from tests.support.loopback import CatchAllFake, LoopbackServer
 
 CHAT_USAGE = {"prompt_tokens": 25, "completion_tokens": 12, "total_tokens": 37,
               "prompt_tokens_details": {"cached_tokens": 5, "audio_tokens": 0},
@@ -73,30 +73,22 @@ class Seen:
     body: bytes
     raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, request: web.Request, body: bytes) -> Seen:
+        return cls(request.method, request.path, request.query_string,
+                   request.raw_path.split("?")[0], dict(request.headers), body,
+                   list(request.raw_headers))
+
 
 @dataclass
-class FakeUpstream:
-    host: str = "127.0.0.1"
+class FakeUpstream(CatchAllFake):
     port: int = 0
     requests: list[Seen] = field(default_factory=list)
     closed_streams: int = 0
     stream_closed: threading.Event = field(default_factory=threading.Event)
     _server: LoopbackServer | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> FakeUpstream:
-        app = web.Application(client_max_size=1024**3)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._server = LoopbackServer(app, self.port, "fake-upstream")
-        self.port = self._server.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
+    name = "fake-upstream"
+    max_body = 1024**3
 
     def last(self) -> Seen:
         return self.requests[-1]
@@ -105,9 +97,7 @@ class FakeUpstream:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.requests.append(Seen(request.method, request.path, request.query_string,
-                                  request.raw_path.split("?")[0],
-                                  dict(request.headers), body, list(request.raw_headers)))
+        self.requests.append(Seen.of(request, body))
         behavior = request.headers.get("x-fake-behavior", "")
         if behavior.startswith("delay:"):
             await asyncio.sleep(float(behavior.split(":", 1)[1]))

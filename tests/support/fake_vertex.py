@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import jwt
 
 from tests.support.fake_upstream import FakeUpstream, Seen
-from tests.support.loopback import LoopbackServer
+from tests.support.loopback import CatchAllFake, LoopbackServer
 
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
@@ -131,33 +131,18 @@ class FakeGoogleOAuth:
 
 
 @dataclass
-class FakeVertex:
+class FakeVertex(CatchAllFake):
     oauth: FakeGoogleOAuth
     port: int = 0
     requests: list[Seen] = field(default_factory=list)
     _content: FakeUpstream = field(default_factory=FakeUpstream)  # its response builders
     _server: LoopbackServer | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FakeVertex:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._server = LoopbackServer(app, self.port, "fake-vertex")
-        self.port = self._server.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
+    name = "fake-vertex"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.requests.append(Seen(request.method, request.path, request.query_string,
-                                  request.raw_path.split("?")[0], dict(request.headers), body,
-                                  list(request.raw_headers)))
+        self.requests.append(Seen.of(request, body))
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or not self.oauth.valid(auth[7:]):
             return google_error(401, "UNAUTHENTICATED", "Request had invalid authentication "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 from aiohttp import web
 
@@ -46,3 +47,29 @@ class LoopbackServer:
         if self._thread is not None:
             self._thread.join(10)
         self._loop = None
+
+
+class CatchAllFake:
+    """For a dataclass fake with `port` and `_server` fields and a `handle` coroutine that
+    answers every path: its URL, and starting and stopping its server."""
+
+    name = "fake"
+    max_body = 1024**2  # aiohttp's default request body limit
+    port: int
+    _server: LoopbackServer | None
+    handle: Any
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Any:
+        app = web.Application(client_max_size=self.max_body)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self._server = LoopbackServer(app, self.port, self.name)
+        self.port = self._server.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
