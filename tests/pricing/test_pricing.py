@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -29,6 +28,7 @@ from steward.pricing.pricer import Pricer
 from steward.providers import FORMATS
 from tests.support.daemon import Daemon, cli, provider_env
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.loopback import QuietHandler, serving
 from tests.support.waiting import wait_for
 
 BUNDLED = price_table.load(price_table.BUNDLED)
@@ -170,32 +170,24 @@ class Server(http.server.ThreadingHTTPServer):
     pages: dict[str, tuple[int, bytes]]
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     def do_GET(self) -> None:
         status, body = self.server.pages[self.path]  # type: ignore[attr-defined]
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send(status, body)
 
 
 @pytest.fixture
 def price_server() -> Iterator[Server]:
-    server = Server(("127.0.0.1", 0), Handler)
     good = json.dumps(litellm_table(5e-06)).encode()
-    server.pages = {"/good.json": (200, good), "/truncated.json": (200, good[:len(good) // 2]),
-                    "/shape.json": (200, b'["not", "a", "table"]'),
-                    "/negative.json": (200, json.dumps(litellm_table(-1.0)).encode()),
-                    "/sparse.json": (200, b'{"gpt-4o": {"litellm_provider": "openai", '
-                                          b'"input_cost_per_token": 1}}'),
-                    "/error.json": (500, b"oops")}
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
+    with serving(Handler, Server) as server:
+        server.pages = {
+            "/good.json": (200, good), "/truncated.json": (200, good[:len(good) // 2]),
+            "/shape.json": (200, b'["not", "a", "table"]'),
+            "/negative.json": (200, json.dumps(litellm_table(-1.0)).encode()),
+            "/sparse.json": (200, b'{"gpt-4o": {"litellm_provider": "openai", '
+                                  b'"input_cost_per_token": 1}}'),
+            "/error.json": (500, b"oops")}
+        yield server
 
 
 def test_pricing_update_keeps_the_last_good_table(fresh_home: tuple[Path, str],

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,9 +24,8 @@ from steward.proxy.credentials import upstream_credential
 from steward.proxy.routing import Router
 from tests.support.bodies import stored_bytes
 from tests.support.daemon import Daemon, cli, init_home
+from tests.support.loopback import QuietHandler, installed_format, serving
 from tests.support.waiting import wait_for
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class _ToyStream:
@@ -116,7 +112,7 @@ def test_registered_in_process_it_routes_meters_and_owns_its_credentials(registe
     assert query == b"a=1"
 
 
-class _ToyUpstream(BaseHTTPRequestHandler):
+class _ToyUpstream(QuietHandler):
     seen: ClassVar[list[dict[str, Any]]] = []
 
     def do_POST(self) -> None:
@@ -125,47 +121,27 @@ class _ToyUpstream(BaseHTTPRequestHandler):
                                   "body": body})
         presented = self.headers.get("x-toy-key") or self.path.partition("toy_key=")[2][:14]
         if presented not in ("sk-toy-stored", "sk-toy-callers"):
-            self._send(401, b'{"toy_error": {"says": "bad toy key"}}')
+            self.send(401, b'{"toy_error": {"says": "bad toy key"}}')
             return
         if json.loads(body).get("stream"):
             events = b'data: {"word": "hel"}\n\ndata: {"word": "lo", "in": 4, "out": 2}\n\n'
-            self._send(200, events, "text/event-stream")
+            self.send(200, events, "text/event-stream")
             return
-        self._send(200, b'{"said": "hello", "in": 3, "out": 5, "voice": "tin-2"}')
+        self.send(200, b'{"said": "hello", "in": 3, "out": 5, "voice": "tin-2"}')
 
-    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
 def toy_upstream() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ToyUpstream)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     _ToyUpstream.seen = []
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_ToyUpstream) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def plugin_env(tmp_path: Path, upstream: str) -> dict[str, str]:
     """An installed package that declares the toy format, as pip would leave it."""
-    site = tmp_path / "site"
-    dist = site / "steward_toy-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: steward-toy\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[steward.formats]\ntoy = tests.providers.test_toy_format:FORMAT\n")
-    path = os.pathsep.join(p for p in (str(site), str(REPO), os.environ.get("PYTHONPATH"))
-                           if p)
-    return {"PYTHONPATH": path, "STEWARD_PROVIDERS__TOY__FORMAT": "toy",
+    return {**installed_format(tmp_path / "site", "toy", "tests.providers.test_toy_format"),
+            "STEWARD_PROVIDERS__TOY__FORMAT": "toy",
             "STEWARD_PROVIDERS__TOY__BASE_URL": upstream}
 
 

@@ -14,9 +14,7 @@ import hashlib
 import hmac
 import json
 import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,9 +29,9 @@ from steward.proxy.credentials import unsigned_headers
 from steward.secrets.provider_keys import CredentialIndex
 from steward.secrets.upstream_auths import Broken, build
 from tests.support.daemon import Daemon, cli, init_home
+from tests.support.loopback import QuietHandler, installed_format, serving
 from tests.support.waiting import wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 STORED_SECRET = "toysig-stored-secret-0001"
 PER_KEY_SECRET = "toysig-per-key-secret-0002"
 CHAIN_SECRET = "toysig-chain-secret-0003"
@@ -156,7 +154,7 @@ def test_authenticators_are_built_per_scope_and_kept_while_their_inputs_hold(
     assert index.auth("nothing", "key_1", 3.0) is None
 
 
-class _SigningUpstream(BaseHTTPRequestHandler):
+class _SigningUpstream(QuietHandler):
     seen: ClassVar[list[dict[str, Any]]] = []
     base: ClassVar[str] = ""
 
@@ -173,43 +171,23 @@ class _SigningUpstream(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         _SigningUpstream.seen.append({"headers": headers, "signer": signer, "token": token})
         if signer is None:
-            self._send(403, b'{"toysig_error": "signature does not match"}')
+            self.send(403, b'{"toysig_error": "signature does not match"}')
             return
-        self._send(200, json.dumps({"said": signer, "in": 2, "out": 3}).encode())
+        self.send(200, json.dumps({"said": signer, "in": 2, "out": 3}).encode())
 
-    def _send(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
 def signing_upstream() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SigningUpstream)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     _SigningUpstream.seen = []
-    _SigningUpstream.base = f"http://127.0.0.1:{server.server_address[1]}"
-    yield _SigningUpstream.base
-    server.shutdown()
-    server.server_close()
+    with serving(_SigningUpstream) as server:
+        _SigningUpstream.base = f"http://127.0.0.1:{server.server_address[1]}"
+        yield _SigningUpstream.base
 
 
 def plugin_env(tmp_path: Path, upstream: str) -> dict[str, str]:
-    site = tmp_path / "site"
-    dist = site / "steward_toysig-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: steward-toysig\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[steward.formats]\ntoysig = tests.proxy.test_upstream_auth:FORMAT\n")
-    path = os.pathsep.join(p for p in (str(site), str(REPO), os.environ.get("PYTHONPATH"))
-                           if p)
-    env = {"PYTHONPATH": path, "TOYSIG_SECRET": CHAIN_SECRET,
+    env = {**installed_format(tmp_path / "site", "toysig", "tests.proxy.test_upstream_auth"),
+           "TOYSIG_SECRET": CHAIN_SECRET,
            "STEWARD_AUTH_REFRESH_SECONDS": "0.2"}
     for name, credentials in (("toysig", "stored"), ("toychain", "default"),
                               ("toynone", "stored")):

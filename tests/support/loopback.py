@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -73,3 +78,43 @@ class CatchAllFake:
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A standard-library handler for a small test peer: `send` answers, nothing is logged."""
+
+    def send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler],
+            server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer
+            ) -> Iterator[ThreadingHTTPServer]:
+    """`handler` served on a free 127.0.0.1 port from a thread, until the block ends."""
+    server = server_class(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def installed_format(site: Path, name: str, module: str) -> dict[str, str]:
+    """A package declaring the wire format `name` (defined by `module`) through the
+    steward.formats entry point, as pip would leave it; the PYTHONPATH that finds it."""
+    dist = site / f"steward_{name}-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: steward-{name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[steward.formats]\n{name} = {module}:FORMAT\n")
+    repo = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join(p for p in (str(site), str(repo), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path}
