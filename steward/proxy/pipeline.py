@@ -43,6 +43,7 @@ from steward.proxy.forwarding import (
 )
 from steward.proxy.limiter import Limiter
 from steward.proxy.routing import Router
+from steward.proxy.upstream import egress_proxy
 from steward.records.spool import Spool
 from steward.secrets.gateway_keys import KeyIndex
 from steward.secrets.provider_keys import CredentialIndex
@@ -306,8 +307,9 @@ class Proxy:
                 # rescheduled after every chunk (stream_idle_timeout, max_stream_duration).
                 try:
                     async with asyncio.timeout(self.limits.read_timeout) as deadline:
+                        url = URL(target, encoded=True)
                         response = await session.request(
-                            ex.method, URL(target, encoded=True), **_body_args(headers, body),
+                            ex.method, url, **_body_args(headers, body), **egress_proxy(url),
                             allow_redirects=False)
                         await self._relay(ex, response, send, deadline)
                 except TimeoutError as exc:
