@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint bench bench-peers fuzz dist clean
+.PHONY: run test lint bench bench-peers profile fuzz dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ lint: $(VENV)/.installed-test
 BENCH_ARGS ?=
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Where a pinned worker's CPU goes, per request, by pipeline stage and by component (py-spy).
+# PROFILE_ARGS pass through, e.g. make profile PROFILE_ARGS="--config bodies-off --stream".
+PROFILE_ARGS ?=
+profile: $(VENV)/.installed-test
+	$(PIP) install py-spy==0.4.2
+	$(BIN)/python bench/profile.py $(PROFILE_ARGS)
 
 # The same cells through LiteLLM's proxy, pinned version, in its own virtualenv (never .venv).
 LITELLM_VERSION ?= 1.108.7

@@ -194,7 +194,8 @@ def workers(target: Target) -> list[int]:
     found = []
     for pid in target.pids():
         try:
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if (b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                    and Path(f"/proc/{pid}/comm").read_bytes().strip() != b"steward-bodies"):
                 found.append(pid)
         except OSError:
             continue

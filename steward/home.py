@@ -82,6 +82,11 @@ class Home:
         return self.root / "pending-bodies"
 
     @property
+    def capture(self) -> Path:
+        """The capture journal: bodies on their way to the body writer (bodies/journal.py)."""
+        return self.root / "capture"
+
+    @property
     def bodies_status(self) -> Path:
         """The gateway's body writer figures, for `steward bucket status`."""
         return self.root / "bodies-status.json"

@@ -11,7 +11,7 @@ import fcntl
 import io
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -279,6 +279,17 @@ class StoreSettings:
     access_key_id: str | None = None
     secret_access_key: str | None = None
     fsync_each: bool = True  # local directory: fsync every object as it is written
+
+
+def object_url(url: str) -> Callable[[str], str]:
+    """A body's full URL from its key, as the store for bodies.url names it, without opening
+    a client: what the serving worker writes into the record."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        root = Path(unquote(parsed.path))
+        return lambda key: (root / key).as_uri()
+    base, prefix = f"{parsed.scheme}://{parsed.netloc}", parsed.path.lstrip("/")
+    return lambda key: f"{base}/{_join(prefix, key)}"
 
 
 def open_store(settings: StoreSettings) -> BodyStore:

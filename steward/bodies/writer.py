@@ -1,10 +1,11 @@
 """Request and response bodies to the operator's bucket, off the critical path, none lost.
 
-The request path hands a Capture to BodyWriter.submit() after the caller has its response.
-Workers build the gzipped JSON document (bodies/document.py) and upload it in threads,
-retrying with backoff. What cannot be uploaded now (bucket down, queue full, shutting down) is
-spilled to Home.pending_bodies (temp file, fsync, rename) and uploaded later, also after a
-restart; this module alone reads and writes that directory.
+In the body writer process (bodies/process.py), each Capture read from the capture journal
+goes to BodyWriter.submit(). Workers build the gzipped JSON document (bodies/document.py) and
+upload it in threads, retrying with backoff; a Capture's `done` callback says when its body
+is durable, so the journal can let its frame go. What cannot be uploaded now (bucket down,
+queue full, shutting down) is spilled to Home.pending_bodies (temp file, fsync, rename) and
+uploaded later, also after a restart; this module alone reads and writes that directory.
 If that disk refuses too (full, read-only), the document waits in memory, within the queue's
 byte budget, until the bucket or the disk takes it.
 """
@@ -16,7 +17,6 @@ import contextlib
 import datetime
 import json
 import logging
-import os
 import random
 import tempfile
 import time
@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from steward.bodies.document import BODY_META, build_document, open_document
 from steward.bodies.stores import BodyStore
-from steward.config import Config, min_free_bytes
+from steward.config import Config
 from steward.errors import StewardError
 from steward.files import write_atomic
 from steward.held import Held
@@ -39,7 +39,6 @@ log = logging.getLogger("steward.bodies")
 
 PENDING_SUFFIX = ".json.gz"
 LARGE_BODY = 4 * 1024 * 1024
-SPACE_CHECK_SECONDS = 1.0
 # A captured response past this many bytes goes on to a temporary file as it arrives, written
 # by a thread a piece at a time, and its document is built reading it back: any size of body
 # then costs about this much memory.
@@ -148,6 +147,14 @@ class Capture:
     response_chunks: list[bytes] = field(default_factory=list)  # the first SPILL_AT bytes
     spill: Spill | None = None  # the rest
     held: int = 0  # bytes in response_chunks added by add()
+    # Called once with True when the body is durable (stored, or spilled to pending-bodies/,
+    # or it can never be built), or False when it is given up in memory.
+    done: Callable[[bool], None] | None = None
+
+    def settled(self, durable: bool) -> None:
+        if self.done is not None:
+            done, self.done = self.done, None
+            done(durable)
 
     def finish(self, record: Mapping[str, Any], status: int | None,
                headers: list[tuple[bytes, bytes]], error_body: bytes | None) -> None:
@@ -197,16 +204,8 @@ def object_key(api_key_id: str | None, request_id: str, ts: float) -> str:
 
 class BodyWriter:
     def __init__(self, store: BodyStore, home: Path, *, workers: int, queue_bytes: int,
-                 attempts: int = 4, flush_interval: float | None = None,
-                 guard_dir: Path | None = None, min_free: str = "0"):
+                 attempts: int = 4, flush_interval: float | None = None):
         self.store = store
-        # bodies.min_free: below it on guard_dir's disk no body is written locally, and each
-        # record says why (`refusing`); checked every second off the loop.
-        self.guard_dir = guard_dir
-        self.min_free = min_free
-        self.refusing: str | None = None
-        self.refused = 0
-        self.free_bytes: int | None = None
         self.flush_interval = flush_interval  # store.flush() this often (None, 0: never)
         self.home = Home(home)
         self.pending_dir = self.home.pending_bodies
@@ -220,12 +219,14 @@ class BodyWriter:
         self.failures = 0
         self.failing = False  # the last attempt to store a body failed
         self.last_error: str | None = None
-        self.held: Held[tuple[str, bytes]] = Held()  # neither uploaded nor on disk yet
+        # Neither uploaded nor on disk yet, with the callback to tell when they are.
+        self.held: Held[tuple[str, bytes, Callable[[bool], None] | None]] = Held()
         self.pending_count = 0  # files in pending-bodies/, as of the drain loop's last look
         self._tasks: list[asyncio.Task[None]] = []  # the workers
         self._background: list[asyncio.Task[None]] = []  # draining and flushing
         self._wake_drain = asyncio.Event()
         self._large_builds = asyncio.Semaphore(1)
+        self._later: set[asyncio.Future[None]] = set()  # store_all's retries in progress
         self._stopping = False
 
     def url(self, key: str) -> str:
@@ -240,10 +241,51 @@ class BodyWriter:
         self.pending_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
         self._background = [asyncio.create_task(self._drain_pending())]
-        if self.guard_dir is not None and self.min_free.strip() not in ("0", "0b"):
-            self._background.append(asyncio.create_task(self._watch_space()))
         if self.flush_interval:
             self._background.append(asyncio.create_task(self._flush_periodically()))
+
+    async def store_all(self, captures: list[Capture]) -> None:
+        """Many bodies at once, as the body writer process reads them: built and put by
+        `workers` threads, a share each, one thread hop per share rather than per body. What
+        is not stored then takes the usual way: retries (while the bucket is not known to be
+        failing), then pending-bodies/. Large ones go through submit(), one at a time."""
+        small = [c for c in captures if c.total <= LARGE_BODY]
+        for capture in captures:
+            if capture.total > LARGE_BODY:
+                await self.submit(capture)
+        shares = [small[i::self.workers] for i in range(min(self.workers, len(small)))]
+        for done in await asyncio.gather(*(asyncio.to_thread(self._build_and_put_all, share)
+                                           for share in shares)):
+            for capture, data, stored in done:
+                if stored or data is None:  # stored, or it can never be built (logged)
+                    capture.settled(True)
+                elif self.failing and not self._stopping:
+                    await self._keep(capture.key, data, capture.done)  # the drain retries
+                else:
+                    self._later.add(task := asyncio.ensure_future(
+                        self._retry_then_keep(capture, data)))
+                    task.add_done_callback(self._later.discard)
+
+    def _build_and_put_all(self, captures: list[Capture]
+                           ) -> list[tuple[Capture, bytes | None, bool]]:
+        out: list[tuple[Capture, bytes | None, bool]] = []
+        for capture in captures:
+            try:
+                data, stored = self._build_and_put(capture)
+            except Exception as exc:  # one bad document must not stop the others
+                log.exception("could not build the body document for %s", capture.key)
+                self.last_error = f"{exc.__class__.__name__}: {exc}"
+                out.append((capture, None, False))
+                continue
+            out.append((capture, data, stored))
+        return out
+
+    async def _retry_then_keep(self, capture: Capture, data: bytes) -> None:
+        if not self._stopping and await self._upload(capture.key, data,
+                                                     attempts=self.attempts - 1):
+            capture.settled(True)
+        else:
+            await self._keep(capture.key, data, capture.done)
 
     async def submit(self, capture: Capture) -> None:
         """Queue a body; over the memory budget, spill it to disk first (in a thread)."""
@@ -254,8 +296,9 @@ class BodyWriter:
                 data, stored = await asyncio.to_thread(self._spill_capture, capture)
             if stored:
                 self._spilled()
+                capture.settled(True)
             else:
-                await self._keep(capture.key, data)
+                await self._keep(capture.key, data, capture.done)
             return
         self.queued_bytes += capture.size
         self.queue.put_nowait(capture)
@@ -265,45 +308,17 @@ class BodyWriter:
         self._stopping = True
         for _ in range(self.workers):
             self.queue.put_nowait(None)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._later, return_exceptions=True)
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.held and await self._retry_held():
-            log.error("LOST %d BODIES at shutdown: neither the bucket nor %s took them (%s)",
+            log.error("%d bodies not stored at shutdown: neither the bucket nor %s took them "
+                      "(%s); they stay in the capture journal for the next start",
                       len(self.held.give_up()), self.pending_dir, self.last_error)
         if self.flush_interval:
             await self._flush()
-
-    def refuse(self) -> str | None:
-        """Per request: why its body will not be stored (the disk is low), else None."""
-        if self.refusing is not None:
-            self.refused += 1
-        return self.refusing
-
-    async def _watch_space(self) -> None:
-        assert self.guard_dir is not None
-        while True:
-            try:
-                st = await asyncio.to_thread(os.statvfs, self.guard_dir)
-            except OSError:
-                st = None  # not there yet: the first body creates it
-            if st is not None:
-                free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-                floor = min_free_bytes(self.min_free, total)
-                self.free_bytes = free
-                if free < floor and self.refusing is None:
-                    self.refusing = (f"not stored: {free / 2**20:.1f} MiB free on "
-                                     f"{self.guard_dir}, under bodies.min_free "
-                                     f"({floor / 2**20:.1f} MiB)")
-                    log.error("bodies: %s; requests are served, their bodies are not kept "
-                              "until space returns", self.refusing.removeprefix("not stored: "))
-                elif free >= floor and self.refusing is not None:
-                    self.refusing = None
-                    log.warning("bodies: %.1f MiB free on %s, back above bodies.min_free; "
-                                "storing bodies again", free / 2**20, self.guard_dir)
-            await asyncio.sleep(SPACE_CHECK_SECONDS)
 
     async def _flush_periodically(self) -> None:
         """Bodies written without an fsync each become durable together, once per interval."""
@@ -341,15 +356,19 @@ class BodyWriter:
             except Exception as exc:  # a bug building one document must not stop the worker
                 log.exception("could not build the body document for %s", capture.key)
                 self.last_error = f"{exc.__class__.__name__}: {exc}"
+                capture.settled(True)  # it never will build: its frame must not wait for it
                 continue
             finally:
                 self.queued_bytes -= capture.size  # counted until its document exists
             if stored:
+                capture.settled(True)
                 continue
             # Shutting down: no more tries, straight to disk, so the drain meets its deadline.
             if self._stopping or not await self._upload(capture.key, data,
                                                         attempts=self.attempts - 1):
-                await self._keep(capture.key, data)
+                await self._keep(capture.key, data, capture.done)
+            else:
+                capture.settled(True)
 
     async def _upload(self, key: str, data: bytes, attempts: int | None = None,
                       quiet: bool = False) -> bool:
@@ -414,16 +433,23 @@ class BodyWriter:
         self._spilled()
         return True
 
-    async def _keep(self, key: str, data: bytes) -> None:
+    async def _keep(self, key: str, data: bytes,
+                    done: Callable[[bool], None] | None = None) -> None:
         """To disk; if the disk refuses, into memory (loudly) for the drain loop to retry.
-        The request has succeeded either way."""
+        The request has succeeded either way; its frame stays in the capture journal until
+        `done` hears True."""
         if await self._spill_now(key, data):
+            if done is not None:
+                done(True)
             return
         first = not self.held
-        if not self.held.add((key, data), len(data), self.queue_bytes - self.queued_bytes):
-            log.error("LOST BODY %s: the bucket and %s both refuse it (%s) and %d bodies "
-                      "already wait in memory", key, self.pending_dir, self.last_error,
-                      len(self.held))
+        if not self.held.add((key, data, done), len(data),
+                             self.queue_bytes - self.queued_bytes):
+            log.error("bodies: the bucket and %s both refuse %s (%s) and %d bodies already "
+                      "wait in memory; it stays in the capture journal for the next start",
+                      self.pending_dir, key, self.last_error, len(self.held))
+            if done is not None:
+                done(False)
             return
         if first:
             log.error("cannot write bodies to %s (%s): keeping them in memory (within "
@@ -433,11 +459,13 @@ class BodyWriter:
     async def _retry_held(self) -> bool:
         """Bodies held in memory: to the bucket if it answers, else to disk. True if any left."""
         while self.held:
-            key, data = self.held.first()
+            key, data, done = self.held.first()
             if (not await self._upload(key, data, attempts=1, quiet=True)
                     and not await self._spill_now(key, data)):
                 return True
             self.held.drop()
+            if done is not None:
+                done(True)
             if not self.held:
                 log.warning("bodies held in memory are all stored again")
         return False
@@ -485,8 +513,6 @@ class BodyWriter:
                 "failures": self.failures, "failing": self.failing,
                 "last_error": self.last_error,
                 "held": len(self.held), "held_bytes": self.held.bytes, "lost": self.held.lost,
-                "refusing": self.refusing, "refused_low_space": self.refused,
-                "free_bytes": self.free_bytes,
                 "updated_at": time.time()}
 
     def write_status(self) -> None:
@@ -514,8 +540,11 @@ def disk_status(config: Config) -> dict[str, Any]:
         daemon = json.loads(home.bodies_status.read_text())
     except (FileNotFoundError, ValueError):
         daemon = {}
+    from steward.bodies.journal import journal_bytes
+
     return {"destination": config.bodies_url(), "pending_on_disk": len(pending),
-            "pending_bytes": sum(p.stat().st_size for p in pending), **{
+            "pending_bytes": sum(p.stat().st_size for p in pending),
+            "journaled_bytes": journal_bytes(home.capture), **{
                 k: daemon.get(k) for k in ("queued", "uploaded", "failures", "last_error",
                                            "updated_at")}}
 

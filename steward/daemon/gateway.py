@@ -10,6 +10,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Coroutine
 from contextlib import suppress
 from typing import Any
 
@@ -17,8 +18,9 @@ import aiohttp
 
 from steward import db
 from steward.bodies.bucket import bucket_settings
-from steward.bodies.stores import LocalStore, open_store
-from steward.bodies.writer import BodyWriter
+from steward.bodies.journal import CaptureJournal
+from steward.bodies.process import BodyProcess, Options
+from steward.bodies.stores import LocalStore, object_url, open_store
 from steward.budgets import store as budget_store
 from steward.budgets.governor import Governor
 from steward.budgets.ledger import SYNC_SECONDS, Ledger, holder_name
@@ -71,7 +73,8 @@ class Gateway:
                            meta.segment_max_bytes, meta.segment_max_age)
         self.uploader: Uploader | None = None
         self.telemetry: telemetry.Telemetry | None = None
-        self.bodies: BodyWriter | None = None
+        self.bodies: CaptureJournal | None = None  # the proxy's hand-off of bodies
+        self.body_process: BodyProcess | None = None  # which builds and stores them
         self.sessions: dict[str, aiohttp.ClientSession] = {}
         self.proxy: Proxy | None = None
         self._db: db.Connection | None = None
@@ -105,26 +108,39 @@ class Gateway:
                                                  self._db)
         await self._refresh()
         self._open_sessions(self.config)
+        body_tasks: list[Coroutine[Any, Any, None]] = []
         if self.config.bodies.enabled:
-            store = await asyncio.to_thread(open_store, bucket_settings(self.config, self._db,
-                                                                        self._vault))
+            settings = await asyncio.to_thread(bucket_settings, self.config, self._db,
+                                               self._vault)
             b = self.config.bodies
-            guard = store.root if isinstance(store, LocalStore) else \
+            # Only a local store is opened here (for its retention); the body writer process
+            # opens the bucket's client.
+            local = open_store(settings) if settings.url.startswith("file:") else None
+            guard = local.root if isinstance(local, LocalStore) else \
                 self.home.pending_bodies  # the only bodies written locally
-            self.bodies = BodyWriter(store, self.config.home, workers=b.workers,
-                                     queue_bytes=b.queue_bytes,
-                                     flush_interval=self.config.bodies_fsync_interval,
-                                     guard_dir=guard, min_free=b.min_free)
-            self.bodies.start()
-            if isinstance(store, LocalStore) and b.retention:
-                self._tasks.append(asyncio.create_task(self._sweep_bodies(store, b.retention)))
+            self.bodies = CaptureJournal(self.home.capture, object_url(settings.url),
+                                         fsync_interval=self.config.bodies_fsync_interval,
+                                         queue_bytes=b.queue_bytes, guard_dir=guard,
+                                         min_free=b.min_free, status_path=self.home.bodies_status)
+            self.body_process = BodyProcess(settings, Options(
+                home=str(self.config.home), journal=str(self.home.capture), owner=os.getpid(),
+                workers=b.workers, queue_bytes=b.queue_bytes,
+                flush_interval=self.config.bodies_fsync_interval,
+                log_format=self.config.server.log_format,
+                drain=self.config.server.drain_timeout), self.bodies)
+            await asyncio.to_thread(self.body_process.start)
+            body_tasks = [self.bodies.run_fsync(), self.bodies.run_retry(),
+                          self.bodies.watch_space(), self.body_process.watch()]
+            if isinstance(local, LocalStore) and b.retention:
+                body_tasks.append(self._sweep_bodies(local, b.retention))
         limits = self.config.limits
         self.proxy = Proxy(self.router, self.keys, self.credentials, self.sessions, self.spool,
                            self._pricer, self.bodies, self.metrics, limits)
         self.proxy.governor = self.governor
         await self.governor.ledger.sync()  # charges the leases of workers that died
         self.proxy.node = self.config.server.node_name
-        self._tasks = [asyncio.create_task(self._keep_keys_fresh()),
+        self._tasks = [*(asyncio.create_task(t) for t in body_tasks),
+                       asyncio.create_task(self._keep_keys_fresh()),
                        asyncio.create_task(self.spool.run_fsync()),
                        asyncio.create_task(self.spool.run_retry()),
                        asyncio.create_task(self._sync_budgets())]
@@ -160,8 +176,10 @@ class Gateway:
         await asyncio.gather(*(s.close() for s in self.sessions.values()))
         await self.governor.ledger.close()  # settled spend down, leases given back
         await self._stop_telemetry()
-        if self.bodies is not None:
-            await self.bodies.stop()
+        if self.bodies is not None and self.body_process is not None:
+            await self.bodies.sync()
+            self.bodies.close()  # the last segment finished, for the body writer to let go
+            await self.body_process.stop()
             await asyncio.to_thread(self.bodies.write_status)  # the final word
         await asyncio.to_thread(self._flush_last_used)
         await self.spool.sync()
@@ -286,7 +304,7 @@ class Gateway:
         degraded = []
         spool = self.spool.status()
         if (bodies.get("pending") or bodies.get("held") or bodies.get("failing")
-                or bodies.get("refusing")):
+                or bodies.get("refusing") or bodies.get("running") is False):
             degraded.append("body storage")
         if upload.get("last_error"):
             degraded.append("metadata upload")

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from yarl import URL
 
-from steward.bodies.writer import BodyWriter, Capture, object_key
+from steward.bodies.journal import CaptureJournal
+from steward.bodies.writer import Capture, object_key
 from steward.config import LimitsConfig
 from steward.daemon.metrics import Metrics
 from steward.errors import GatewayError
@@ -67,7 +68,7 @@ REQUEST_ID_HEADER = b"x-majordomo-request-id"
 class Proxy:
     def __init__(self, router: Router, keys: KeyIndex, credentials: CredentialIndex,
                  sessions: dict[str, aiohttp.ClientSession], spool: Spool, pricer: Pricer,
-                 bodies: BodyWriter | None, metrics: Metrics, limits: LimitsConfig):
+                 bodies: CaptureJournal | None, metrics: Metrics, limits: LimitsConfig):
         self.bodies = bodies
         self.metrics = metrics
         self.refusals = Refusals(metrics.refused)
@@ -125,10 +126,13 @@ class Proxy:
                     "gateway log has the details"))
             finally:
                 await self._account(ex)  # the one place a record is written, on every path
+            capture = ex.capture
+            if capture is not None and self.bodies is not None and self.bodies.write_now(capture):
+                capture = None  # journaled with one write(), before the end, as the record is
             for message in ex.ending:  # the end of the response, now that the record is down
                 await send(message)
-            if ex.capture is not None and self.bodies is not None:
-                await self.bodies.submit(ex.capture)  # after the caller has its whole answer
+            if capture is not None and self.bodies is not None:
+                await self.bodies.submit(capture)  # a large one: after the caller has it all
         finally:
             self.buffered_bytes -= ex.buffered
 

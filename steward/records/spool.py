@@ -32,9 +32,23 @@ RETRY_BATCH_BYTES = 1024**2  # one write() per batch of held records, then yield
 
 
 class Spool:
+    """Append-only segments of whole items, one write() each, held in memory when the disk
+    refuses. The records' spool; bodies/journal.py reuses it for the capture journal."""
+
+    SUFFIX = SEGMENT_SUFFIX
+    # What the log says, for this kind of segment and item.
+    FAILING = ("cannot write to the metadata spool in %s (%s): keeping records in memory (up "
+               "to %d MiB) and retrying every %gs")
+    LOST_ONE = ("LOST metadata record %s: the spool in %s is still unwritable (%s) and %d "
+                "records already wait in memory")
+    RECOVERED = "the metadata spool in %s is writable again after %.0fs; every held record " \
+                "is written"
+
     def __init__(self, directory: Path, fsync_interval: float | None,
-                 max_segment_bytes: int = 64 * 1024**2, max_segment_age: float = 3600.0):
+                 max_segment_bytes: int = 64 * 1024**2, max_segment_age: float = 3600.0,
+                 max_held_bytes: int = MAX_HELD_BYTES):
         self.directory = directory
+        self.max_held_bytes = max_held_bytes
         self.fsync_interval = fsync_interval
         self.max_segment_bytes = max_segment_bytes
         self.max_segment_age = max_segment_age
@@ -54,7 +68,7 @@ class Spool:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         # Names sort in writing order: same second and process, the sequence number decides.
         self.path = self.directory / (f"{stamp}-{os.getpid()}-{next(_SEQUENCE):05d}"
-                                      f"{secrets.token_hex(3)}{SEGMENT_SUFFIX}")
+                                      f"{secrets.token_hex(3)}{self.SUFFIX}")
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         _OPEN_HERE.add(self.path.name)
         self._opened_at = time.monotonic()
@@ -104,14 +118,18 @@ class Spool:
 
         When it could not, the record waits in memory for run_retry(), in order."""
         line = (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        return self.write_bytes(line, record.get("id"))
+
+    def write_bytes(self, item: bytes, label: Any) -> bool:
+        """One whole item with one write(), or held in memory (label names it in the log)."""
         if not self._held:
             try:
-                self._write_line(line)
+                self._write_line(item)
                 self.records += 1
                 return True
             except OSError as exc:
                 self._failed(exc)
-        self._hold(line, record.get("id"))
+        self._hold(item, label)
         return False
 
     def _failed(self, exc: OSError) -> None:
@@ -119,19 +137,17 @@ class Spool:
         self.last_error = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
         if self.failing_since is None:
             self.failing_since = time.time()
-            log.error("cannot write to the metadata spool in %s (%s): keeping records in "
-                      "memory (up to %d MiB) and retrying every %gs", self.directory,
-                      self.last_error, MAX_HELD_BYTES // 1024**2, RETRY_SECONDS)
+            log.error(self.FAILING, self.directory, self.last_error,
+                      self.max_held_bytes // 1024**2, RETRY_SECONDS)
 
     @property
     def lost(self) -> int:
         return self._held.lost
 
     def _hold(self, line: bytes, record_id: Any) -> None:
-        if not self._held.add(line, len(line), MAX_HELD_BYTES):
-            log.error("LOST metadata record %s: the spool in %s is still unwritable (%s) and "
-                      "%d records already wait in memory", record_id, self.directory,
-                      self.last_error, len(self._held))
+        if not self._held.add(line, len(line), self.max_held_bytes):
+            log.error(self.LOST_ONE, record_id, self.directory, self.last_error,
+                      len(self._held))
 
     def _write_held_batch(self) -> bool:
         """Write the oldest held records (up to RETRY_BATCH_BYTES) with one write()."""
@@ -152,8 +168,7 @@ class Spool:
 
     def _recovered(self) -> None:
         if self.failing_since is not None and not self._held:
-            log.warning("the metadata spool in %s is writable again after %.0fs; every held "
-                        "record is written", self.directory, time.time() - self.failing_since)
+            log.warning(self.RECOVERED, self.directory, time.time() - self.failing_since)
             self.failing_since = None
 
     def retry(self) -> bool:

@@ -157,7 +157,8 @@ class Daemon:
         assert self.process is not None
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         return [int(pid) for pid in children.read_text().split()
-                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                and Path(f"/proc/{pid}/comm").read_bytes().strip() != b"steward-bodies"]
 
     def records(self) -> list[dict[str, Any]]:
         return read_records(self.home / "spool")
