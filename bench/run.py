@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -224,6 +225,7 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)
     root: int | None = None  # the server's main pid, for CPU and RSS; None for the mock
     records: Path | None = None  # Steward's spool, to read ttft_ms from its records
+    admin: str | None = None  # Steward's admin URL: /readyz says when bodies are all stored
 
     def pids(self) -> list[int]:
         return tree(self.root) if self.root is not None else []
@@ -283,6 +285,7 @@ class Bench:
              "--timeout", "10s", "--latency",
              "-s", str(lua), f"http://127.0.0.1:{target.port}/v1/chat/completions"],
             capture_output=True, text=True, check=True)
+        settled(target)  # the body writer's CPU for this cell's bodies counts in it
         cpu = cpu_seconds(pids) - before
         text = result.stdout
 
@@ -341,6 +344,22 @@ class Bench:
         self.say(f"  {target.name:<24} records for {tag}: {len(found):,} (wrk counted "
                  f"{expected:,} completed), median ttft_ms {value:.2f}")
         return value
+
+
+def settled(target: Target, timeout: float = 30.0) -> None:
+    """Wait until the body writer has stored every body journaled so far (Steward only)."""
+    if target.admin is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(target.admin + "/readyz", timeout=5) as answer:
+                bodies = json.loads(answer.read()).get("bodies", {})
+        except (OSError, ValueError):
+            return
+        if not bodies.get("journal_backlog_bytes") and not bodies.get("queued"):
+            return
+        time.sleep(0.05)
 
 
 def stream_timings(target: Target, n: int) -> list[float]:
@@ -406,7 +425,8 @@ def steward(config: str, home: Path, key: str, upstream: Target, cpus: str,
     try:
         assert daemon.process is not None
         yield Target(f"steward {config}" + (f" {workers}w" if workers > 1 else ""), daemon.port,
-                     {"X-Majordomo-Key": key}, daemon.process.pid, home / "spool")
+                     {"X-Majordomo-Key": key}, daemon.process.pid, home / "spool",
+                     daemon.admin_url)
     finally:
         daemon.stop()
 

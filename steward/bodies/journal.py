@@ -415,8 +415,9 @@ class JournalReader:
         return total
 
     def idle(self) -> bool:
-        """Every owned segment read to its end and nothing outstanding."""
-        return all(not s.outstanding and s.read >= _size(self.directory / s.name)
+        """Every owned segment finished, read to its end, nothing outstanding (as of the
+        last scan)."""
+        return all(s.finished and not s.outstanding and s.read >= _size(self.directory / s.name)
                    for s in self.segments.values())
 
 

@@ -127,7 +127,9 @@ class Gateway:
                 workers=b.workers, queue_bytes=b.queue_bytes,
                 flush_interval=self.config.bodies_fsync_interval,
                 log_format=self.config.server.log_format,
-                drain=self.config.server.drain_timeout), self.bodies)
+                drain=self.config.server.drain_timeout,
+                formats=tuple({p.format for p in self.config.providers.values()})),
+                self.bodies)
             await asyncio.to_thread(self.body_process.start)
             body_tasks = [self.bodies.run_fsync(), self.bodies.run_retry(),
                           self.bodies.watch_space(), self.body_process.watch()]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from decimal import Decimal
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -105,6 +106,7 @@ class Metrics:
                                 ["kind", "scope"], registry=r)
         self.read_gauges = gauges
         self.read_budgets = budgets
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._budget_gauges: list[Gauge] = []
         self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
         self._shared_gauges: dict[str, Gauge] = {}
@@ -138,29 +140,39 @@ class Metrics:
         if self.multiprocess:
             multiprocess.mark_process_dead(os.getpid())
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """A metric's child for these labels, bound once: prometheus_client's labels()
+        validates and locks on every call, several times per request otherwise."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe(self, record: Record) -> None:
         provider = record.get("provider") or "none"
-        self.requests.labels(provider, record.get("endpoint") or "none",
-                             str(record.get("status"))).inc()
+        child = self._child
+        child(self.requests, provider, record.get("endpoint") or "none",
+              str(record.get("status"))).inc()
         if record.get("latency_ms") is not None:
-            self.latency.labels(provider).observe(record["latency_ms"] / 1000)
+            child(self.latency, provider).observe(record["latency_ms"] / 1000)
         if record.get("ttft_ms") is not None:
-            self.ttfb.labels(provider).observe(record["ttft_ms"] / 1000)
+            child(self.ttfb, provider).observe(record["ttft_ms"] / 1000)
         error = record.get("error") or ""
         if error.startswith("usage_unreadable"):
-            self.unreadable.labels(provider).inc()
+            child(self.unreadable, provider).inc()
         elif error.startswith(("budget_", "rate_limited:")):
             kind, _, scope = error.partition(":")
-            self.governed.labels(kind, scope).inc()
+            child(self.governed, kind, scope).inc()
         model = record.get("response_model") or record.get("model")
         if model is None or record.get("input_tokens") is None:
             return
         for kind in TOKEN_KINDS:
             if record.get(kind):
-                self.tokens.labels(provider, model, kind.removesuffix("_tokens")).inc(
+                child(self.tokens, provider, model, kind.removesuffix("_tokens")).inc(
                     record[kind])
         if record.get("cost") is not None:
-            self.cost.labels(provider, model).inc(float(Decimal(record["cost"])))
+            child(self.cost, provider, model).inc(float(Decimal(record["cost"])))
 
     def refused(self, reason: str) -> None:
         self.auth_refusals.labels(reason).inc()

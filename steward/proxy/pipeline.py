@@ -25,6 +25,7 @@ from yarl import URL
 from steward.bodies.journal import CaptureJournal
 from steward.bodies.writer import Capture, object_key
 from steward.config import LimitsConfig
+from steward.daemon import logs
 from steward.daemon.metrics import Metrics
 from steward.errors import GatewayError
 from steward.pricing.pricer import Pricer
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
     from steward.daemon.telemetry import Telemetry
 
 log = logging.getLogger("steward.proxy")
-access_log = logging.getLogger("steward.access")
 ACCESS_FIELDS = ("id", "api_key_id", "provider", "model", "response_model", "status",
                  "input_tokens", "output_tokens", "cost", "latency_ms", "ttft_ms", "error")
 
@@ -496,10 +496,9 @@ class Proxy:
         self.metrics.observe(record)
         if self.telemetry is not None:
             self.telemetry.submit(ex, record)  # one append; spans are built in the background
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info("%s %s %s %s", record["status"], record["provider"],
-                            record["model"], record["path"],
-                            extra={"access": {k: record.get(k) for k in ACCESS_FIELDS}})
+        if logs.ACCESS.enabled:
+            logs.ACCESS.write(f"{record['status']} {record['provider']} {record['model']} "
+                              f"{record['path']}", {k: record.get(k) for k in ACCESS_FIELDS})
 
 
 def _until_close(response: aiohttp.ClientResponse) -> asyncio.Future[None] | None:

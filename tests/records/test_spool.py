@@ -95,8 +95,7 @@ def test_past_the_memory_budget_records_are_counted_lost_and_logged(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     disk = FlakyDisk(monkeypatch)
-    monkeypatch.setattr(spool_module, "MAX_HELD_BYTES", 100)
-    spool = Spool(tmp_path, fsync_interval=None)
+    spool = Spool(tmp_path, fsync_interval=None, max_held_bytes=100)
     disk.broken = True
     for i in range(10):
         spool.write({"id": f"record-{i}"})
