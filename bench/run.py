@@ -489,6 +489,27 @@ def litellm(executable: str, upstream: Target, cpus: str, tmp: Path) -> Iterator
         log.close()
 
 
+@contextmanager
+def bare_proxy(upstream: Target, cpus: str) -> Iterator[Target]:
+    """bench/bare_proxy.py: the server stack alone, forwarding to the mock (the floor)."""
+    port = free_port()
+    process = subprocess.Popen(["taskset", "-c", cpus, sys.executable, str(HERE / "bare_proxy.py"),
+                                str(port), f"http://127.0.0.1:{upstream.port}"],
+                               stdout=subprocess.DEVNULL)
+    try:
+        if not wait_for(lambda: listening(port), 30):
+            raise RuntimeError("bench/bare_proxy.py did not start")
+        yield Target("bare Hypercorn + aiohttp proxy", port, {}, process.pid)
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def answers(port: int, path: str) -> bool:
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -574,6 +595,16 @@ def run_configs(bench: Bench, configs: list[str], mock: Target, home: Path,
     sse_rows = [["mock upstream direct", f"{fmt(direct.ttfb, 3)} ms", fmt(direct.sse64.rps),
                  "—", "—", "—"]]
     two_rows = []
+    bench.say(f"the stack alone (bench/bare_proxy.py), one worker on core {bench.layout.one}:")
+    with bare_proxy(mock, bench.layout.one) as bare:
+        bench.warm(bare)
+        b1, b16, b64 = (bench.cell(bare, False, c) for c in (1, 16, 64))
+        b_sse, b_ttfb = bench.cell(bare, True, 64), bench.ttfb(bare)
+    json_rows.append(["bare Hypercorn + aiohttp proxy (no Steward)", fmt(b1.rps), fmt(b16.rps),
+                      fmt(b64.rps), added(b1.p50, direct.json1.p50, 3), fmt(b16.cpu_ms, 2),
+                      "—"])
+    sse_rows.append(["bare Hypercorn + aiohttp proxy (no Steward)", added(b_ttfb, direct.ttfb, 3),
+                     fmt(b_sse.rps), fmt(b_sse.cpu_ms, 2), "—", "—"])
     for config in configs:
         bench.say(f"{config}, one worker on core {bench.layout.one}:")
         with steward(config, home, key, mock, bench.layout.one) as one:

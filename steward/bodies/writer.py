@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from steward.bodies.document import BODY_META, build_document, open_document
-from steward.bodies.stores import BodyStore
+from steward.bodies.stores import BodyStore, LocalStore
 from steward.config import Config
 from steward.errors import StewardError
 from steward.files import write_atomic
@@ -253,9 +253,15 @@ class BodyWriter:
         for capture in captures:
             if capture.total > LARGE_BODY:
                 await self.submit(capture)
-        shares = [small[i::self.workers] for i in range(min(self.workers, len(small)))]
-        for done in await asyncio.gather(*(asyncio.to_thread(self._build_and_put_all, share)
-                                           for share in shares)):
+        if isinstance(self.store, LocalStore):
+            # Nothing to wait on but the CPU: built and written right here, no thread hops
+            # (this loop serves no caller; its reports and commits wait for the batch).
+            results = [self._build_and_put_all(small)]
+        else:
+            shares = [small[i::self.workers] for i in range(min(self.workers, len(small)))]
+            results = await asyncio.gather(*(asyncio.to_thread(self._build_and_put_all, share)
+                                             for share in shares))
+        for done in results:
             for capture, data, stored in done:
                 if stored or data is None:  # stored, or it can never be built (logged)
                     capture.settled(True)
@@ -552,7 +558,6 @@ def disk_status(config: Config) -> dict[str, Any]:
 def find_key(home: Path, store: BodyStore, request_id: str) -> str | None:
     """The object key of one request's body: from its metadata record's body_ref, or, for the
     local store, by looking in the day its time-ordered id names (and the days beside it)."""
-    from steward.bodies.stores import LocalStore
     from steward.records.spool import read_records
 
     for record in read_records(Home(home).spool):
