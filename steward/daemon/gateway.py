@@ -20,7 +20,7 @@ from steward import db
 from steward.bodies.bucket import bucket_settings
 from steward.bodies.journal import CaptureJournal
 from steward.bodies.process import BodyProcess, Options
-from steward.bodies.stores import LocalStore, object_url, open_store
+from steward.bodies.stores import BodyStore, LocalStore, StoreSettings, object_url, open_store
 from steward.budgets import store as budget_store
 from steward.budgets.governor import Governor
 from steward.budgets.ledger import SYNC_SECONDS, Ledger, holder_name
@@ -75,6 +75,8 @@ class Gateway:
         self.telemetry: telemetry.Telemetry | None = None
         self.bodies: CaptureJournal | None = None  # the proxy's hand-off of bodies
         self.body_process: BodyProcess | None = None  # which builds and stores them
+        self._body_settings: StoreSettings | None = None
+        self._read_store: BodyStore | None = None
         self.sessions: dict[str, aiohttp.ClientSession] = {}
         self.proxy: Proxy | None = None
         self._db: db.Connection | None = None
@@ -112,6 +114,7 @@ class Gateway:
         if self.config.bodies.enabled:
             settings = await asyncio.to_thread(bucket_settings, self.config, self._db,
                                                self._vault)
+            self._body_settings = settings
             b = self.config.bodies
             # Only a local store is opened here (for its retention); the body writer process
             # opens the bucket's client.
@@ -322,6 +325,16 @@ class Gateway:
                             "upload": upload, "spool": spool, "database": database,
                             "budgets": {"count": len(ledger.budgets),
                                         "sync_error": ledger.sync_error}}
+
+    def body_store(self) -> BodyStore | None:
+        """The store, for reading bodies back (the dashboard): opened on first use, in the
+        caller's thread (a bucket's client takes a while); writing is the body writer
+        process's. None when bodies are off."""
+        if self._body_settings is None:
+            return None
+        if self._read_store is None:
+            self._read_store = open_store(self._body_settings)
+        return self._read_store
 
     async def _sweep_bodies(self, store: LocalStore, retention: float) -> None:
         """bodies.retention: whole days past it are deleted at start-up, then hourly."""
