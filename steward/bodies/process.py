@@ -42,7 +42,7 @@ NAME = b"steward-bodies"  # its /proc comm, to tell it from a worker
 REPORT_SECONDS = 0.5
 READ_BYTES = 8 * 1024**2  # frames read per pass
 BUSY_POLL, IDLE_POLL = 0.01, 0.05  # seconds between looks at the journal
-NICE = 5  # a quarter of a serving worker's weight when both want the same core
+NICE = 10  # a tenth of a serving worker's weight when both want the same core
 
 
 @dataclass
