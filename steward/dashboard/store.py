@@ -33,6 +33,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from steward.errors import StewardError
 from steward.files import write_atomic
 from steward.home import Home
 from steward.records.spool import segment_writer_alive, segments
@@ -417,13 +418,18 @@ def rebuild(home: Home) -> Rebuilt:
     index some of them at the same time: each batch is one transaction, so nothing is counted
     twice, and the figures given are the store's."""
     started = time.monotonic()
-    conn = connect(home)
     try:
-        reset(conn)
-        index_all(conn, home)
-        prune(conn, time.time())
-        save_offsets(conn, home)
-        count = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
-        return Rebuilt(count, len(segments(home.spool)), time.monotonic() - started)
-    finally:
-        conn.close()
+        conn = connect(home)
+        try:
+            reset(conn)
+            index_all(conn, home)
+            prune(conn, time.time())
+            save_offsets(conn, home)
+            count = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+            return Rebuilt(count, len(segments(home.spool)), time.monotonic() - started)
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error) as exc:
+        where = getattr(exc, "filename", None) or home.dashboard_db
+        raise StewardError(f"cannot rebuild the dashboard store ({where}): "
+                           f"{getattr(exc, 'strerror', None) or exc}") from None
