@@ -14,6 +14,7 @@ from quart import Quart
 
 from steward.config import Config, load_config
 from steward.daemon.gateway import Gateway
+from steward.dashboard import install as install_dashboard
 from steward.home import require_home, resolve_home
 from steward.proxy.pipeline import Receive, Scope, Send
 
@@ -55,6 +56,7 @@ def create_app(config: Config | None = None) -> Any:
         gateway.uploader.wake.set()
         return {"uploading": True}, 202
 
+    install_dashboard(quart, gateway)
     admin_port = config.server.admin_port
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,0 +1,435 @@
+"""The dashboard's store: every record's metadata and rollups kept as records are indexed, so
+a page never scans the spool.
+
+A local SQLite file (Home.dashboard_db, WAL), derived entirely from the spool: it can be
+dropped and rebuilt at any time (`steward dashboard rebuild`), and a schema change rebuilds
+it. Three tables:
+
+- `requests`: one row per record (its JSON, plus the columns lists filter and sort on),
+  `request_tags` beside it for tag filters;
+- `roll`: per resolution (1 min, 15 min, 1 h), time slot, dimension (`model`, `provider`,
+  `key`, `tag:<name>`) and value: requests, errors, cost, token sums and fixed log-scale
+  latency and time-to-first-token histograms, so totals and p50/p95 over any range come from
+  a few hundred rows;
+- `cursor`: per spool segment, the byte offset indexed so far. It changes in the same
+  transaction as the rows it accounts for, so a record is counted exactly once, whoever
+  indexes (the daemon's indexer, a rebuild, both at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from steward.errors import StewardError
+from steward.files import write_atomic
+from steward.home import Home
+from steward.records.spool import segment_writer_alive, segments
+
+log = logging.getLogger("steward.dashboard")
+
+STORE_VERSION = 1  # a different version on disk: the store is dropped and rebuilt
+RESOLUTIONS = (60, 900, 3600)
+RETENTION = 31 * 86400.0  # the longest range shown (30 days), and a day to spare
+PICO = Decimal(10) ** 12  # costs are summed exactly, in whole picodollars
+# Latency histogram: bucket 0 is under FIRST_BOUND ms, bucket i < FIRST_BOUND * RATIO**i,
+# the last one everything above (about 36 minutes). p50/p95 are within a bucket's width
+# (25%), interpolated inside it.
+BUCKETS = 56
+FIRST_BOUND = 10.0
+RATIO = 1.25
+LAT = tuple(f"l{i}" for i in range(BUCKETS))
+TTFT = tuple(f"f{i}" for i in range(BUCKETS))
+TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+          "reasoning_tokens")
+SUMS = ("requests", "errors", "cost", *TOKENS, *LAT, *TTFT)
+BATCH_BYTES = 4 * 1024 * 1024  # spool bytes indexed per transaction
+
+
+def _schema() -> list[str]:
+    sums = ", ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in SUMS)
+    return [
+        "CREATE TABLE requests (id TEXT NOT NULL UNIQUE, ts REAL NOT NULL, key TEXT, "
+        "model TEXT, provider TEXT, status INTEGER, cost INTEGER, latency_ms REAL, "
+        "record TEXT NOT NULL)",
+        "CREATE INDEX requests_ts ON requests (ts)",
+        "CREATE INDEX requests_key ON requests (key, ts)",
+        "CREATE INDEX requests_model ON requests (model, ts)",
+        "CREATE INDEX requests_provider ON requests (provider, ts)",
+        "CREATE INDEX requests_status ON requests (status, ts)",
+        "CREATE TABLE request_tags (req INTEGER NOT NULL, name TEXT NOT NULL, "
+        "value TEXT NOT NULL, ts REAL NOT NULL)",
+        "CREATE INDEX request_tags_value ON request_tags (name, value, ts)",
+        "CREATE INDEX request_tags_req ON request_tags (req)",
+        f"CREATE TABLE roll (res INTEGER NOT NULL, dim TEXT NOT NULL, t INTEGER NOT NULL, "
+        f"value TEXT NOT NULL, {sums}, PRIMARY KEY (res, dim, t, value)) WITHOUT ROWID",
+        "CREATE TABLE cursor (segment TEXT PRIMARY KEY, offset INTEGER NOT NULL)",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ]
+
+
+TABLES = ("requests", "request_tags", "roll", "cursor", "meta")
+
+
+def connect(home: Home) -> sqlite3.Connection:
+    """The store, created or rebuilt empty when missing, unreadable or of another version."""
+    path = home.dashboard_db
+    try:
+        conn = _open(path)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        log.error("the dashboard store %s is unreadable (%s): starting it afresh from the "
+                  "spool", path, exc)
+        remove(path)
+        conn = _open(path)
+        version = 0
+    if version != STORE_VERSION:
+        if version:
+            log.warning("the dashboard store %s is version %d, this Steward writes %d: "
+                        "rebuilding it from the spool", path, version, STORE_VERSION)
+        reset(conn, force=False)
+    return conn
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # derived data: a power cut costs a rebuild
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def remove(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{path}{suffix}").unlink()
+
+
+def reset(conn: sqlite3.Connection, force: bool = True) -> None:
+    """Drop everything and create the empty schema, in one transaction; without force, only
+    if no other process has just done so."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if not force and conn.execute("PRAGMA user_version").fetchone()[0] == STORE_VERSION:
+            conn.execute("COMMIT")
+            return
+        try:  # kept across a rebuild: signed-in browsers stay signed in
+            session_key = get_meta(conn, "session_key")
+        except sqlite3.OperationalError:
+            session_key = None
+        for table in TABLES:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+        for statement in _schema():
+            conn.execute(statement)
+        conn.execute("INSERT INTO meta (key, value) VALUES ('session_key', ?)",
+                     (session_key or secrets.token_hex(32),))
+        conn.execute(f"PRAGMA user_version = {STORE_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+# -- histograms -------------------------------------------------------------------------------
+
+_LOG_RATIO = math.log(RATIO)
+
+
+def bucket(ms: float) -> int:
+    if ms < FIRST_BOUND:
+        return 0
+    return min(BUCKETS - 1, 1 + int(math.log(ms / FIRST_BOUND) / _LOG_RATIO))
+
+
+def bounds(index: int) -> tuple[float, float]:
+    """A bucket's [low, high) in ms (the last one's high is its low: nothing to interpolate)."""
+    if index == 0:
+        return 0.0, FIRST_BOUND
+    low = FIRST_BOUND * RATIO ** (index - 1)
+    return low, (low if index == BUCKETS - 1 else low * RATIO)
+
+
+def percentile(counts: Iterable[int], q: float) -> float | None:
+    """The q-quantile of a histogram, interpolated within its bucket; None when empty."""
+    counts = list(counts)
+    total = sum(counts)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for index, count in enumerate(counts):
+        if count and seen + count >= rank:
+            low, high = bounds(index)
+            share = (rank - seen) / count
+            if index == 0:
+                return round(low + (high - low) * share, 1)
+            return round(low * (high / low) ** share, 1)
+        seen += count
+    return round(bounds(BUCKETS - 1)[0], 1)
+
+
+# -- indexing ---------------------------------------------------------------------------------
+
+
+def epoch(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def to_pico(cost: Any) -> int:
+    if cost is None:
+        return 0
+    try:
+        return int((Decimal(str(cost)) * PICO).to_integral_value())
+    except (InvalidOperation, ValueError):
+        return 0
+
+
+def is_error(status: Any) -> bool:
+    """What the caller saw was not a success (or nothing at all)."""
+    return not isinstance(status, int) or not 200 <= status < 300
+
+
+def model_of(record: dict[str, Any]) -> str:
+    """As `steward usage` groups: the model that answered, else the one asked for."""
+    return record.get("response_model") or record.get("model") or "(none)"
+
+
+@dataclass
+class Sums:
+    values: list[int] = field(default_factory=lambda: [0] * len(SUMS))
+
+
+_INDEX = {name: i for i, name in enumerate(SUMS)}
+_LAT0 = _INDEX["l0"]
+_TTFT0 = _INDEX["f0"]
+
+
+class Batch:
+    """Rollup increments of one transaction, summed in memory, then one upsert per row."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[int, str, int, str], list[int]] = {}
+
+    def add(self, record: dict[str, Any], ts: float, cost: int) -> None:
+        deltas = [0] * len(SUMS)
+        deltas[0] = 1
+        deltas[1] = 1 if is_error(record.get("status")) else 0
+        deltas[2] = cost
+        for i, name in enumerate(TOKENS, 3):
+            value = record.get(name)
+            deltas[i] = value if isinstance(value, int) else 0
+        latency = record.get("latency_ms")
+        if isinstance(latency, int | float):
+            deltas[_LAT0 + bucket(latency)] = 1
+        ttft = record.get("ttft_ms")
+        if isinstance(ttft, int | float):
+            deltas[_TTFT0 + bucket(ttft)] = 1
+        dims = [("model", model_of(record)), ("provider", record.get("provider") or "(none)"),
+                ("key", record.get("api_key_id") or "(no key)")]
+        dims += [(f"tag:{name}", str(value)) for name, value in (record.get("tags") or {}).items()]
+        for res in RESOLUTIONS:
+            slot = int(ts // res) * res
+            for dim, value in dims:
+                row = self.rows.get((res, dim, slot, value))
+                if row is None:
+                    self.rows[(res, dim, slot, value)] = list(deltas)
+                else:
+                    for i, d in enumerate(deltas):
+                        if d:
+                            row[i] += d
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        if not self.rows:
+            return
+        columns = ", ".join(SUMS)
+        marks = ", ".join("?" * len(SUMS))
+        updates = ", ".join(f"{c} = {c} + excluded.{c}" for c in SUMS)
+        conn.executemany(
+            f"INSERT INTO roll (res, dim, t, value, {columns}) VALUES (?, ?, ?, ?, {marks}) "
+            f"ON CONFLICT (res, dim, t, value) DO UPDATE SET {updates}",
+            [(*k, *v) for k, v in self.rows.items()])
+
+
+def insert(conn: sqlite3.Connection, batch: Batch, record: dict[str, Any]) -> bool:
+    """One record into `requests` and the batch; False when it is already there or unusable."""
+    try:
+        ts = epoch(record["ts"])
+        record_id = str(record["id"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    cost = to_pico(record.get("cost"))
+    latency = record.get("latency_ms")
+    status = record.get("status")
+    cursor = conn.execute(
+        "INSERT OR IGNORE INTO requests (id, ts, key, model, provider, status, cost, "
+        "latency_ms, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (record_id, ts, record.get("api_key_id"), model_of(record), record.get("provider"),
+         status if isinstance(status, int) else None, cost,
+         latency if isinstance(latency, int | float) else None,
+         json.dumps(record, separators=(",", ":"), ensure_ascii=False)))
+    if not cursor.rowcount:
+        return False
+    tags = record.get("tags") or {}
+    if tags:
+        conn.executemany("INSERT INTO request_tags (req, name, value, ts) VALUES (?, ?, ?, ?)",
+                         [(cursor.lastrowid, n, str(v), ts) for n, v in tags.items()])
+    batch.add(record, ts, cost)
+    return True
+
+
+@dataclass
+class StepResult:
+    records: int = 0  # indexed now
+    more: bool = False  # a batch's worth was left for the next step
+
+
+def step(conn: sqlite3.Connection, home: Home, max_bytes: int = BATCH_BYTES) -> StepResult:
+    """Index what the spool holds past the cursor, up to max_bytes, in one transaction."""
+    result = StepResult()
+    on_disk = segments(home.spool)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        offsets = dict(conn.execute("SELECT segment, offset FROM cursor").fetchall())
+        names = {p.name for p in on_disk}
+        gone = [name for name in offsets if name not in names]
+        conn.executemany("DELETE FROM cursor WHERE segment = ?", [(n,) for n in gone])
+        batch = Batch()
+        budget = max_bytes
+        for path in on_disk:
+            start = offsets.get(path.name, 0)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            if size <= start:
+                continue
+            if budget <= 0:
+                result.more = True
+                break
+            end = _index_segment(conn, batch, path, start, min(size, start + budget), size,
+                                 result)
+            budget -= max(end - start, 1)
+            if end != start:
+                conn.execute("INSERT INTO cursor (segment, offset) VALUES (?, ?) ON CONFLICT "
+                             "(segment) DO UPDATE SET offset = excluded.offset",
+                             (path.name, end))
+        batch.write(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if result.records or gone:
+        save_offsets(conn, home)
+    return result
+
+
+def _index_segment(conn: sqlite3.Connection, batch: Batch, path: Path, start: int, limit: int,
+                   size: int, result: StepResult) -> int:
+    """Index the whole lines in [start, limit); returns the offset after the last one."""
+    with path.open("rb") as fh:
+        fh.seek(start)
+        data = fh.read(limit - start)
+        if b"\n" not in data and limit < size:
+            data += fh.readline()  # one record longer than a batch: read it whole
+    last = data.rfind(b"\n")
+    if last < 0:
+        if data and start + len(data) >= size and not segment_writer_alive(path):
+            log.error("dashboard: skipping %d bytes of an unfinished record at the end of %s "
+                      "(its writer died mid-write)", len(data), path.name)
+            return start + len(data)
+        return start
+    offset = start
+    for line in data[:last].split(b"\n"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            log.error("dashboard: skipping a line of %s at byte %d that is not JSON",
+                      path.name, offset)
+            record = None
+        offset += len(line) + 1
+        if isinstance(record, dict) and insert(conn, batch, record):
+            result.records += 1
+    return start + last + 1
+
+
+def save_offsets(conn: sqlite3.Connection, home: Home) -> None:
+    """The cursor as a file beside the uploader's, so its cleanup keeps every segment the
+    dashboard has not read yet (records/upload.py). It may lag the store: that only keeps a
+    segment a little longer."""
+    offsets = dict(conn.execute("SELECT segment, offset FROM cursor").fetchall())
+    with contextlib.suppress(OSError):
+        write_atomic(home.dashboard_cursor, json.dumps({"offsets": offsets}).encode())
+
+
+def prune(conn: sqlite3.Connection, now: float) -> None:
+    """Forget what is older than the longest range: rows, tags and rollups."""
+    cutoff = now - RETENTION
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM request_tags WHERE ts < ?", (cutoff,))
+        conn.execute("DELETE FROM requests WHERE ts < ?", (cutoff,))
+        for res, keep in ((60, 2 * 86400), (900, 8 * 86400), (3600, RETENTION)):
+            conn.execute("DELETE FROM roll WHERE res = ? AND t < ?", (res, now - keep))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def index_all(conn: sqlite3.Connection, home: Home) -> int:
+    """Index everything the spool holds past the cursor; the number of records indexed."""
+    total = 0
+    while True:
+        result = step(conn, home)
+        total += result.records
+        if not result.more:
+            return total
+
+
+@dataclass
+class Rebuilt:
+    records: int
+    segments: int
+    seconds: float
+
+
+def rebuild(home: Home) -> Rebuilt:
+    """Drop the store and index every segment still on disk. A running gateway's indexer may
+    index some of them at the same time: each batch is one transaction, so nothing is counted
+    twice, and the figures given are the store's."""
+    started = time.monotonic()
+    try:
+        conn = connect(home)
+        try:
+            reset(conn)
+            index_all(conn, home)
+            prune(conn, time.time())
+            save_offsets(conn, home)
+            count = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+            return Rebuilt(count, len(segments(home.spool)), time.monotonic() - started)
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error) as exc:
+        where = getattr(exc, "filename", None) or home.dashboard_db
+        raise StewardError(f"cannot rebuild the dashboard store ({where}): "
+                           f"{getattr(exc, 'strerror', None) or exc}") from None
