@@ -24,7 +24,8 @@ def create_app(config: Config | None = None) -> Any:
     if config is None:
         config = load_config(require_home(resolve_home(None)))
     gateway = Gateway(config)
-    quart = Quart(__name__, root_path=str(Path(__file__).parent))
+    # No app-wide static folder: /static/ belongs to the dashboard's pages (their blueprint).
+    quart = Quart(__name__, root_path=str(Path(__file__).parent), static_folder=None)
     quart.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
     @quart.before_serving

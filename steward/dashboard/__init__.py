@@ -11,10 +11,11 @@ if TYPE_CHECKING:
 
 def install(quart_app: Any, gateway: Gateway) -> None:
     """Register the API and the token guard on the admin app (pages register here too)."""
-    from steward.dashboard import api, auth
+    from steward.dashboard import api, auth, pages
     from steward.dashboard.context import Dashboard
 
     dashboard = Dashboard(gateway)
     quart_app.extensions["steward_dashboard"] = dashboard
     auth.install(quart_app, dashboard)
     quart_app.register_blueprint(api.blueprint)
+    quart_app.register_blueprint(pages.blueprint)

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import html
 import json
 import time
 from typing import Any
 
 from quart import Quart, Response, redirect, request
 
-from steward.dashboard import tokens
+from steward.dashboard import pages, tokens
 from steward.dashboard.context import Dashboard
 
 COOKIE = "steward_session"
@@ -68,23 +67,6 @@ def authenticate(dashboard: Dashboard, authorization: str, cookie: str | None) -
     return None
 
 
-LOGIN_FORM = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Steward — sign in</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><main><h1>Steward</h1>{error}
-<form method="post" action="/login">
-<label>Admin token <input type="password" name="token" autocomplete="off" autofocus></label>
-<button type="submit">Sign in</button></form>
-<p>Create one with <code>steward admin token create NAME</code>.</p></main></body></html>
-"""
-
-
-def login_page(message: str | None = None) -> str:
-    """The sign-in form; with a message when a token was refused."""
-    shown = f'<p role="alert" class="error">{html.escape(message)}</p>' if message else ""
-    return LOGIN_FORM.format(error=shown)
-
-
 def install(app: Quart, dashboard: Dashboard) -> None:
     @app.before_request
     async def _guard() -> Any:
@@ -111,10 +93,8 @@ def install(app: Quart, dashboard: Dashboard) -> None:
         name = await dashboard.run(lambda: tokens.match(dashboard.admin_tokens(), presented)
                                    if presented else None)
         if name is None:
-            response = Response(login_page("That token is not valid (unknown or revoked)."),
-                                status=401, content_type="text/html; charset=utf-8")
-            response.headers["Cache-Control"] = "no-store"
-            return response
+            return await pages.login_page("That token is not valid (unknown or revoked).",
+                                          status=401)
         value = await dashboard.run(session_value, dashboard, name, time.time())
         response = redirect("/", 303)
         response.set_cookie(COOKIE, value, max_age=SESSION_SECONDS, path="/", httponly=True,

@@ -6,9 +6,9 @@
   const {el, api, notice, count, compact, money, ms, percent, query, setQuery} = Steward;
   const RANGES = ["1h", "24h", "7d", "30d"];
   const PALETTE = ["#4f46e5", "#0ea5e9", "#10b981", "#f59e0b", "#ef4444", "#8b5cf6", "#14b8a6",
-                   "#ec4899"];
+                   "#ec4899", "#84cc16", "#a16207"];
   const OTHER_COLOR = "#94a3b8";
-  const MAX_GROUPS = PALETTE.length;
+  const API_BUCKETS = ["(other)", "(untagged)"];
   const rangeButtons = document.querySelectorAll("#range button");
   const groupSelect = document.getElementById("group");
   const charts = new Map();  // chart name -> uPlot
@@ -74,28 +74,17 @@
     setTile("reasoning_tokens", t.reasoning_tokens, count(t.reasoning_tokens), "");
   }
 
-  function sum(values) {
-    return values.reduce((a, v) => a + (v || 0), 0);
+  /* The API sends at most ten groups (busiest first) and sums the rest into "(other)";
+     "(other)" and "(untagged)" are drawn in grey. */
+  function colored(groups) {
+    let next = 0;
+    return groups.map((g) => ({group: g, color: API_BUCKETS.includes(g.name) ? OTHER_COLOR
+      : PALETTE[next++ % PALETTE.length]}));
   }
 
-  /* The busiest groups get their own line; the rest are summed into "other" where a sum
-     means something (counts, spend, tokens), and left out of latency. */
-  function chartGroups(groups) {
-    const sorted = [...groups].sort((a, b) => sum(b.requests) - sum(a.requests)
-                                              || String(a.name).localeCompare(String(b.name)));
-    const shown = sorted.slice(0, MAX_GROUPS);
-    const rest = sorted.slice(MAX_GROUPS);
-    return {shown, rest};
-  }
-
-  function additive(groups, metric) {
-    const {shown, rest} = chartGroups(groups);
-    const lines = shown.map((g, i) => ({name: g.name, color: PALETTE[i], values: metric(g)}));
-    if (rest.length) {
-      const values = metric(rest[0]).map((_, i) => sum(rest.map((g) => metric(g)[i])));
-      lines.push({name: `${rest.length} other`, color: OTHER_COLOR, values});
-    }
-    return lines;
+  function lines(groups, metric) {
+    return colored(groups).map(({group, color}) => ({name: group.name, color,
+                                                     values: metric(group)}));
   }
 
   function cssVar(name) {
@@ -138,14 +127,12 @@
     const times = series.t || [];
     const groups = series.groups || [];
     const counts = {axis: compact, value: count, spanGaps: false, fill: true};
-    drawChart("cost", times, additive(groups, (g) => g.cost),
+    drawChart("cost", times, lines(groups, (g) => g.cost),
               {axis: (v) => money(v), value: money, spanGaps: false, fill: true});
-    drawChart("requests", times, additive(groups, (g) => g.requests), counts);
-    drawChart("tokens", times, additive(groups, (g) => g.input_tokens.map(
+    drawChart("requests", times, lines(groups, (g) => g.requests), counts);
+    drawChart("tokens", times, lines(groups, (g) => g.input_tokens.map(
       (v, i) => (v || 0) + (g.output_tokens[i] || 0))), counts);
-    const {shown} = chartGroups(groups);
-    drawChart("latency", times,
-              shown.map((g, i) => ({name: g.name, color: PALETTE[i], values: g.latency_p50_ms})),
+    drawChart("latency", times, lines(groups, (g) => g.latency_p50_ms),
               {axis: ms, value: ms, spanGaps: true, points: true});
   }
 

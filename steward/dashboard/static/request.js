@@ -83,15 +83,6 @@
       el("div", {class: "text", text: text || "(empty)"}));
   }
 
-  /* The stored document's request/response may be the body alone or {headers, body}. */
-  function bodyOf(part) {
-    if (part && typeof part === "object" && !Array.isArray(part) && "body" in part
-        && ("headers" in part || "status" in part || "body_encoding" in part)) {
-      return part.body;
-    }
-    return part;
-  }
-
   function renderBody(data) {
     const prompt = document.getElementById("prompt");
     const response = document.getElementById("response");
@@ -99,11 +90,13 @@
       const reason = data.error || "no body was stored for this request";
       prompt.replaceChildren(el("p", {class: "subtle", text: `Body not available: ${reason}`}));
       response.replaceChildren();
-      for (const id of ["raw-request", "raw-response"]) document.getElementById(id).hidden = true;
+      for (const part of ["raw-request", "raw-response", "raw-headers"]) {
+        document.getElementById(part).hidden = true;
+      }
       return;
     }
-    const request = bodyOf(data.request);
-    const answer = data.stream ? data.response_text : answerText(bodyOf(data.response));
+    const request = data.request;
+    const answer = data.stream ? data.response_text : answerText(data.response);
     const asked = promptMessages(request);
     prompt.replaceChildren(...(asked.length ? asked.map(([role, text]) => message(role, text))
       : [el("p", {class: "subtle", text: "No prompt text in this request."})]));
@@ -112,6 +105,8 @@
         : el("p", {class: "subtle", text: "No text in the response."}));
     document.querySelector("#raw-request pre").textContent = pretty(data.request);
     document.querySelector("#raw-response pre").textContent = pretty(data.response);
+    document.querySelector("#raw-headers pre").textContent =
+      pretty({request: data.request_meta, response: data.response_meta});
     document.querySelector("#raw-response summary").textContent =
       data.stream ? "Response body (stream events)" : "Response body (JSON)";
   }

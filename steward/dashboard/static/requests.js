@@ -71,7 +71,7 @@
   async function load() {
     fillForm();
     const q = query();
-    const params = {limit: PAGE, cursor: q.get("cursor")};
+    const params = {limit: q.get("limit") || PAGE, cursor: q.get("cursor")};
     for (const name of FIELDS) if (name !== "since") params[name] = q.get(name);
     const since = SINCE[q.get("since")];
     if (since) params.from = Math.floor(Date.now() / 1000) - since;
@@ -96,8 +96,9 @@
     }
   }
 
+  /* The form's filters, and the page size when the URL sets one (?limit=). */
   function filters() {
-    const values = {};
+    const values = {limit: query().get("limit")};
     for (const name of FIELDS) values[name] = form.elements[name].value.trim();
     return values;
   }
@@ -112,7 +113,7 @@
   });
   form.addEventListener("reset", (event) => {
     event.preventDefault();
-    setQuery({}, true);
+    setQuery({limit: query().get("limit")}, true);
     load();
   });
   older.addEventListener("click", () => {
