@@ -19,6 +19,7 @@ from typing import Any
 
 from steward.dashboard import store
 from steward.home import Home
+from steward.records.spool import segments
 
 log = logging.getLogger("steward.dashboard")
 
@@ -34,6 +35,7 @@ class Indexer:
                                        "last_error": None}
         self._conn: sqlite3.Connection | None = None
         self._lock_fd = -1
+        self._seen: dict[str, int] | None = None  # segment sizes when last indexed whole
 
     async def run(self) -> None:
         try:
@@ -66,7 +68,12 @@ class Indexer:
         return self._conn
 
     def _step(self) -> store.StepResult:
+        sizes = _sizes(self.home)
+        if sizes == self._seen:  # nothing written since: no transaction, no thread of work
+            return store.StepResult()
         result = store.step(self._connection(), self.home)
+        if not result.more:
+            self._seen = sizes
         if result.records:
             self.status["indexed"] += result.records
             self.status["last_indexed_at"] = time.time()
@@ -96,3 +103,11 @@ class Indexer:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the lock for another worker
             self._lock_fd = -1
+
+
+def _sizes(home: Home) -> dict[str, int]:
+    sizes = {}
+    for path in segments(home.spool):
+        with contextlib.suppress(FileNotFoundError):
+            sizes[path.name] = path.stat().st_size
+    return sizes

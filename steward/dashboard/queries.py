@@ -33,7 +33,7 @@ class Range:
 
 
 RANGES = {"1h": Range(3600, 60, 60), "24h": Range(86400, 900, 900),
-          "7d": Range(7 * 86400, 3600, 3600), "30d": Range(30 * 86400, 6 * 3600, 3600)}
+          "7d": Range(7 * 86400, 3600, 3600), "30d": Range(30 * 86400, 6 * 3600, 6 * 3600)}
 GROUPS = ("model", "provider", "key")
 MAX_GROUPS = 10  # series drawn; the rest is summed into OTHER
 OTHER = "(other)"
@@ -92,12 +92,29 @@ def window(range_name: str, now: float) -> tuple[Range, int, int]:
     return spec, to - spec.span, to
 
 
-def _by_point(conn: sqlite3.Connection, spec: Range, dim: str, start: int, end: int
-              ) -> list[tuple[int, str, list[int]]]:
+def _per_point(conn: sqlite3.Connection, spec: Range, dim: str, start: int, end: int,
+               shown: list[str] | None = None) -> list[tuple[int, str | None, tuple[int, ...]]]:
+    """Sums per point (and per value: the shown ones by name, the rest as None). The rows
+    of one slot are the point's: each range reads the resolution of its step."""
+    if shown is None:
+        select, group, args = "NULL", "1", []
+    else:
+        select = f"CASE WHEN value IN ({', '.join('?' * len(shown))}) THEN value END"
+        group, args = "1, 2", list(shown)
     rows = conn.execute(
-        f"SELECT (t - ?) / ?, value, {_COLS} FROM roll WHERE res = ? AND dim = ? AND t >= ? "
-        f"AND t < ? GROUP BY 1, 2", (start, spec.step, spec.res, dim, start, end)).fetchall()
-    return [(row[0], row[1], list(row[2:])) for row in rows]
+        f"SELECT (t - ?) / ?, {select}, {_COLS} FROM roll WHERE res = ? AND dim = ? "
+        f"AND t >= ? AND t < ? GROUP BY {group}",
+        [start, spec.step, *args, spec.res, dim, start, end]).fetchall()
+    return [(row[0], row[1], row[2:]) for row in rows]
+
+
+def _ranked(conn: sqlite3.Connection, spec: Range, where: str, args: list[Any], start: int,
+            end: int, limit: int) -> list[tuple[str, str, int, int]]:
+    """(dim, value, requests, cost) with the most spend in the range, best first."""
+    return conn.execute(
+        f"SELECT dim, value, SUM(requests), SUM(cost) FROM roll WHERE res = ? AND {where} "
+        "AND t >= ? AND t < ? GROUP BY dim, value ORDER BY SUM(cost) DESC, SUM(requests) DESC, "
+        "value LIMIT ?", [spec.res, *args, start, end, limit]).fetchall()
 
 
 def overview(conn: sqlite3.Connection, range_name: str, group: str,
@@ -105,18 +122,21 @@ def overview(conn: sqlite3.Connection, range_name: str, group: str,
     spec, start, end = window(range_name, time.time() if now is None else now)
     check_group(group)
     points = spec.span // spec.step
-    # Every request has exactly one provider: its rows are the totals, per point.
+    # Every request has exactly one provider: those rows are the totals.
     totals_by_point = [[0] * len(SUMS) for _ in range(points)]
-    for i, _, sums in _by_point(conn, spec, "provider", start, end):
+    for i, _, sums in _per_point(conn, spec, "provider", start, end):
         _add(totals_by_point[i], sums)
     total = [0] * len(SUMS)
     for sums in totals_by_point:
         _add(total, sums)
-    per_group: dict[str, list[list[int]]] = {}
-    for i, value, sums in _by_point(conn, spec, group, start, end):
-        name = key_names.get(value, value) if group == "key" else value
-        series = per_group.setdefault(name, [[0] * len(SUMS) for _ in range(points)])
-        _add(series[i], sums)
+    ranked = _ranked(conn, spec, "dim = ?", [group], start, end, MAX_GROUPS + 1)
+    shown = [value for _, value, _, _ in ranked[:MAX_GROUPS]]
+    per_group: dict[str, list[list[int]]] = {
+        value: [[0] * len(SUMS) for _ in range(points)] for value in shown}
+    if len(ranked) > MAX_GROUPS:
+        per_group[OTHER] = [[0] * len(SUMS) for _ in range(points)]
+    for i, value, sums in _per_point(conn, spec, group, start, end, shown):
+        _add(per_group[OTHER if value is None else value][i], sums)
     if group.startswith("tag:"):
         untagged = [list(s) for s in totals_by_point]
         for series in per_group.values():
@@ -124,20 +144,14 @@ def overview(conn: sqlite3.Connection, range_name: str, group: str,
                 _sub(untagged[i], sums)
         if any(s[0] for s in untagged):
             per_group[UNTAGGED] = untagged
-    ranked = sorted(per_group, key=lambda n: (-sum(s[_I["cost"]] for s in per_group[n]),
-                                              -sum(s[0] for s in per_group[n]), n))
-    shown = ranked[:MAX_GROUPS]
-    if len(ranked) > MAX_GROUPS:
-        other = [[0] * len(SUMS) for _ in range(points)]
-        for name in ranked[MAX_GROUPS:]:
-            for i, sums in enumerate(per_group[name]):
-                _add(other[i], sums)
-        per_group[OTHER] = other
-        shown.append(OTHER)
+    def label(value: str) -> str:
+        return key_names.get(value, value) if group == "key" else value
+
     return {"range": range_name, "from": start, "to": end, "step": spec.step, "group": group,
             "totals": _totals(total),
             "series": {"t": [start + i * spec.step for i in range(points)],
-                       "groups": [_series(name, per_group[name]) for name in shown]},
+                       "groups": [_series(label(name), sums)
+                                  for name, sums in per_group.items()]},
             "top": {"keys": _top(conn, spec, "dim = 'key'", start, end, key_names),
                     "models": _top(conn, spec, "dim = 'model'", start, end, {}),
                     "tags": _top(conn, spec, "dim LIKE 'tag:%'", start, end, {})}}
@@ -157,12 +171,8 @@ def _series(name: str, points: list[list[int]]) -> dict[str, Any]:
 
 def _top(conn: sqlite3.Connection, spec: Range, where: str, start: int, end: int,
          names: Mapping[str, str]) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        f"SELECT dim, value, SUM(requests), SUM(cost) FROM roll WHERE res = ? AND {where} "
-        "AND t >= ? AND t < ? GROUP BY dim, value ORDER BY SUM(cost) DESC, SUM(requests) DESC, "
-        "value LIMIT ?", (spec.res, start, end, TOP)).fetchall()
     out = []
-    for dim, value, requests, cost in rows:
+    for dim, value, requests, cost in _ranked(conn, spec, where, [], start, end, TOP):
         name = f"{dim[4:]}={value}" if dim.startswith("tag:") else names.get(value, value)
         out.append({"name": name, "requests": requests, "cost": _usd(cost)})
     return out
@@ -286,9 +296,10 @@ def record(conn: sqlite3.Connection, request_id: str,
 def filters(conn: sqlite3.Connection, key_names: Mapping[str, str],
             now: float | None = None) -> dict[str, Any]:
     """The values seen in the last 30 days, for the filter menus."""
-    since = int((time.time() if now is None else now) - RANGES["30d"].span) // 3600 * 3600
-    rows = conn.execute("SELECT DISTINCT dim, value FROM roll WHERE res = 3600 AND t >= ?",
-                        (since,)).fetchall()
+    spec = RANGES["30d"]
+    since = int((time.time() if now is None else now) - spec.span) // spec.res * spec.res
+    rows = conn.execute("SELECT DISTINCT dim, value FROM roll WHERE res = ? AND t >= ?",
+                        (spec.res, since)).fetchall()
     found: dict[str, set[str]] = {}
     for dim, value in rows:
         found.setdefault(dim, set()).add(value)

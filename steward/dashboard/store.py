@@ -27,7 +27,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -41,8 +41,12 @@ from steward.records.spool import segment_writer_alive, segments
 log = logging.getLogger("steward.dashboard")
 
 STORE_VERSION = 1  # a different version on disk: the store is dropped and rebuilt
-RESOLUTIONS = (60, 900, 3600)
 RETENTION = 31 * 86400.0  # the longest range shown (30 days), and a day to spare
+# Rollup resolutions (seconds) and how long each is kept: each range reads the one whose
+# slots are its points (1h: minutes, 24h: 15 minutes, 7d: hours, 30d: 6 hours), so a query
+# reads at most a few hundred slots per group whatever the traffic.
+KEEP = {60: 3 * 3600.0, 900: 26 * 3600.0, 3600: 8 * 86400.0, 21600: RETENTION}
+RESOLUTIONS = tuple(KEEP)
 PICO = Decimal(10) ** 12  # costs are summed exactly, in whole picodollars
 # Latency histogram: bucket 0 is under FIRST_BOUND ms, bucket i < FIRST_BOUND * RATIO**i,
 # the last one everything above (about 36 minutes). p50/p95 are within a bucket's width
@@ -214,49 +218,53 @@ def model_of(record: dict[str, Any]) -> str:
     return record.get("response_model") or record.get("model") or "(none)"
 
 
-@dataclass
-class Sums:
-    values: list[int] = field(default_factory=lambda: [0] * len(SUMS))
-
-
 _INDEX = {name: i for i, name in enumerate(SUMS)}
 _LAT0 = _INDEX["l0"]
 _TTFT0 = _INDEX["f0"]
 
 
 class Batch:
-    """Rollup increments of one transaction, summed in memory, then one upsert per row."""
+    """Rollup increments of one transaction, summed in memory, then one upsert per row.
 
-    def __init__(self) -> None:
+    A record's increments are kept sparse (about ten non-zero sums of the 120), and only
+    for the resolutions that keep its time."""
+
+    def __init__(self, now: float | None = None) -> None:
         self.rows: dict[tuple[int, str, int, str], list[int]] = {}
+        now = time.time() if now is None else now
+        self.since = [(res, now - keep) for res, keep in KEEP.items()]
 
     def add(self, record: dict[str, Any], ts: float, cost: int) -> None:
-        deltas = [0] * len(SUMS)
-        deltas[0] = 1
-        deltas[1] = 1 if is_error(record.get("status")) else 0
-        deltas[2] = cost
+        deltas = [(0, 1)]
+        if is_error(record.get("status")):
+            deltas.append((1, 1))
+        if cost:
+            deltas.append((2, cost))
         for i, name in enumerate(TOKENS, 3):
             value = record.get(name)
-            deltas[i] = value if isinstance(value, int) else 0
+            if isinstance(value, int) and value:
+                deltas.append((i, value))
         latency = record.get("latency_ms")
         if isinstance(latency, int | float):
-            deltas[_LAT0 + bucket(latency)] = 1
+            deltas.append((_LAT0 + bucket(latency), 1))
         ttft = record.get("ttft_ms")
         if isinstance(ttft, int | float):
-            deltas[_TTFT0 + bucket(ttft)] = 1
+            deltas.append((_TTFT0 + bucket(ttft), 1))
         dims = [("model", model_of(record)), ("provider", record.get("provider") or "(none)"),
                 ("key", record.get("api_key_id") or "(no key)")]
         dims += [(f"tag:{name}", str(value)) for name, value in (record.get("tags") or {}).items()]
-        for res in RESOLUTIONS:
+        rows = self.rows
+        width = len(SUMS)
+        for res, since in self.since:
+            if ts < since:
+                continue
             slot = int(ts // res) * res
             for dim, value in dims:
-                row = self.rows.get((res, dim, slot, value))
+                row = rows.get((res, dim, slot, value))
                 if row is None:
-                    self.rows[(res, dim, slot, value)] = list(deltas)
-                else:
-                    for i, d in enumerate(deltas):
-                        if d:
-                            row[i] += d
+                    row = rows[(res, dim, slot, value)] = [0] * width
+                for i, d in deltas:
+                    row[i] += d
 
     def write(self, conn: sqlite3.Connection) -> None:
         if not self.rows:
@@ -326,9 +334,11 @@ def step(conn: sqlite3.Connection, home: Home, max_bytes: int = BATCH_BYTES) -> 
             if budget <= 0:
                 result.more = True
                 break
-            end = _index_segment(conn, batch, path, start, min(size, start + budget), size,
-                                 result)
+            limit = min(size, start + budget)
+            end = _index_segment(conn, batch, path, start, limit, size, result)
             budget -= max(end - start, 1)
+            if limit < size:  # stopped by the batch size, not at a record still being written
+                result.more = True
             if end != start:
                 conn.execute("INSERT INTO cursor (segment, offset) VALUES (?, ?) ON CONFLICT "
                              "(segment) DO UPDATE SET offset = excluded.offset",
@@ -388,8 +398,8 @@ def prune(conn: sqlite3.Connection, now: float) -> None:
     try:
         conn.execute("DELETE FROM request_tags WHERE ts < ?", (cutoff,))
         conn.execute("DELETE FROM requests WHERE ts < ?", (cutoff,))
-        for res, keep in ((60, 2 * 86400), (900, 8 * 86400), (3600, RETENTION)):
-            conn.execute("DELETE FROM roll WHERE res = ? AND t < ?", (res, now - keep))
+        for res, keep in KEEP.items():
+            conn.execute("DELETE FROM roll WHERE res = ? AND t < ?", (res, now - keep - res))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
