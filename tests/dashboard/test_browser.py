@@ -268,10 +268,10 @@ def page(browser: Any) -> Iterator[Any]:
     assert not errors, f"the page raised: {errors}"
 
 
-def screenshot(page: Any, name: str) -> None:
+def screenshot(page: Any, name: str, full_page: bool = True) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     if os.environ.get("STEWARD_UPDATE_SCREENSHOTS") == "1":
         DOCS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOCS / f"{name}.png")
@@ -288,9 +288,9 @@ def tile(page: Any, metric: str) -> tuple[str, str]:
     return node.get_attribute("data-value"), node.locator(".value").inner_text()
 
 
-def legend(page: Any, chart: str) -> set[str]:
-    labels = page.locator(f'.chart[data-chart="{chart}"] .u-legend .u-series .u-label')
-    return set(labels.all_inner_texts()) - {"Time"}
+def legend(page: Any) -> set[str]:
+    """The groups the charts are drawn for."""
+    return set(page.locator("#legend .item .name").all_inner_texts())
 
 
 def top_rows(page: Any, table: str) -> dict[str, tuple[str, str]]:
@@ -334,10 +334,15 @@ def test_overview_totals_equal_the_records_sums(site: Site, page: Any) -> None:
     by_model: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_model.setdefault(model(r), []).append(r)
-    assert legend(page, "requests") == set(by_model)
+    assert legend(page) == set(by_model)
     assert top_rows(page, "top-models") == {
         name: (f"{len(rs):,}", dollars(sum(map(cost, rs), Decimal(0))))
         for name, rs in by_model.items()}
+    # Hovering a chart shows that point's values: here the newest, this test's traffic.
+    over = page.locator('.chart[data-chart="requests"] .u-over')
+    box = over.bounding_box()
+    over.hover(position={"x": box["width"] * (1 - 0.5 / 96), "y": box["height"] * 0.6})
+    assert page.locator('.chart[data-chart="requests"] .tip .tip-time').is_visible()
     screenshot(page, "overview")
 
 
@@ -350,14 +355,14 @@ def test_grouping_and_range_change_the_numbers(site: Site, page: Any) -> None:
     by_key: dict[str, list[dict[str, Any]]] = {}
     for r in within(site, DAY):
         by_key.setdefault(names[r["api_key_id"]], []).append(r)
-    assert legend(page, "cost") == set(by_key) == {"default", "search", "batch"}
+    assert legend(page) == set(by_key) == {"default", "search", "batch"}
     assert top_rows(page, "top-keys") == {
         key: (f"{len(rs):,}", dollars(sum(map(cost, rs), Decimal(0))))
         for key, rs in by_key.items()}
 
     page.select_option("#group", "tag:team")  # offered from the tags the records carry
     ready(page, "24h|tag:team")
-    assert legend(page, "requests") == {"search", "ads", "(untagged)"}
+    assert legend(page) == {"search", "ads", "(untagged)"}
 
     page.click('#range button[data-range="1h"]')
     ready(page, "1h|tag:team")
@@ -410,7 +415,7 @@ def test_filters_narrow_the_request_list_and_pages_follow_the_cursor(site: Site,
 
     page.goto(site.url + "/requests")
     ready(page, "all")
-    screenshot(page, "requests")
+    screenshot(page, "requests", full_page=False)  # the first screenful of 50 rows
 
     def narrowed(**choices: str) -> set[str]:
         for name, value in choices.items():
@@ -450,6 +455,9 @@ def test_a_request_shows_its_prompt_and_answer_from_the_bucket(site: Site, page:
     assert page.locator('#record tr[data-field="id"] td').inner_text() == asked["id"]
     assert sorted(page.locator('#record tr[data-field="tags"] .chip').all_inner_texts()) == [
         "feature=summaries", "team=search"]
+    page.click("#raw-request summary")
+    assert json.loads(page.locator("#raw-request pre").inner_text())["messages"][1] == {
+        "role": "user", "content": PROMPT}  # the stored request, pretty-printed
     screenshot(page, "request")
 
     streamed = next(r for r in site.live() if r["model"] == "claude-haiku-4-5" and r["stream"])

@@ -1,101 +1,122 @@
-/* Health: GET /api/health laid out as cards, one per part (spool, upload, bodies, pricing,
-   workers, budgets). Values are formatted by what their names say they are: bytes, seconds,
-   times, dollars; anything unknown is shown as it is, so a new field is never hidden. */
+/* Health: GET /api/health laid out as cards, one per part (spool and upload, bodies, price
+   table, workers, budgets, the dashboard's index, the database). Known fields come first with
+   plain labels; any other field is still shown, formatted by what its name says it is. */
 "use strict";
 
 (() => {
   const {el, api, notice, count, money, bytes, ago, duration} = Steward;
-  const TITLES = {spool: "Metadata spool", upload: "Metadata upload", bodies: "Body storage",
-                  bucket: "Bucket", pricing: "Price table", prices: "Price table",
-                  workers: "Workers", budgets: "Budgets", database: "Database",
-                  index: "Dashboard index", dashboard: "Dashboard index"};
-  const ORDER = ["spool", "upload", "bodies", "bucket", "pricing", "prices", "workers",
-                 "budgets", "database"];
+  const SECTIONS = {
+    spool: ["Metadata spool and upload", ["upload_enabled", "backlog_bytes",
+      "backlog_over_limit", "last_upload_at", "last_upload_status", "last_upload_attempt_at",
+      "upload_failures", "upload_error", "held_records", "lost_records", "write_errors",
+      "spool_error"]],
+    bodies: ["Body storage", ["destination", "enabled", "queued", "queued_bytes", "pending",
+      "held", "failing", "failures", "bucket_error", "lost", "refusing_low_space"]],
+    pricing: ["Price table", ["version", "source", "age_seconds"]],
+    workers: ["Workers", ["configured", "pid", "requests_served"]],
+    budgets: ["Budgets", []],
+    dashboard: ["Dashboard index", ["indexing_here", "indexed", "last_indexed_at", "error"]],
+    database: ["Database", ["backend"]],
+  };
+  const LABELS = {upload_enabled: "Upload", backlog_bytes: "Backlog", queued: "Queued",
+                  queued_bytes: "Queued bytes", pending: "Pending on disk",
+                  held: "Held in memory", held_records: "Records held in memory",
+                  pid: "PID", age_seconds: "Age", indexing_here: "Indexing in this process",
+                  refusing_low_space: "Refusing (low disk space)", source: "Source"};
+  // A true here is trouble; other booleans are plain facts (on/off).
+  const BAD_WHEN_TRUE = /over_limit|failing|refusing/;
+  // A count above zero here is trouble.
+  const BAD_WHEN_POSITIVE = /^(lost|lost_records|write_errors|failures|upload_failures)$/;
 
-  /* A field's name as words; the unit suffix goes, since the value is formatted by it. */
   function label(name) {
+    if (LABELS[name]) return LABELS[name];
     const text = name.replace(/_(seconds|ms|at)$/, "").replace(/_/g, " ");
     return text.charAt(0).toUpperCase() + text.slice(1);
   }
 
   function isMoney(name) {
-    return /(^|_)(cost|spent|remaining|amount|limit|usd|budget)($|_)/.test(name);
+    return /(^|_)(cost|spent|remaining|amount|limit|usd)($|_)/.test(name);
+  }
+
+  function badge(kind, text) {
+    return el("span", {class: `badge ${kind}`, text});
   }
 
   function format(name, value) {
-    if (value === null || value === undefined) return el("span", {class: "subtle", text: "–"});
-    if (typeof value === "boolean") {
-      const good = /error|fail|refus|held|stale|degraded/.test(name) ? !value : value;
-      return el("span", {class: `badge ${good ? "ok" : "bad"}`, text: value ? "yes" : "no"});
+    if (value === null || value === undefined || value === "") {
+      return el("span", {class: "subtle", text: "–"});
     }
-    if (/error/.test(name) && typeof value === "string" && value) {
-      return el("span", {class: "error-text", text: value, style: "color: var(--bad)"});
+    if (typeof value === "boolean") {
+      if (BAD_WHEN_TRUE.test(name)) return value ? badge("bad", "yes") : badge("ok", "no");
+      return value ? badge("ok", "yes") : badge("", "no");
+    }
+    if (/error/.test(name) && typeof value === "string") {
+      return el("span", {class: "error-text", text: value});
     }
     if (typeof value === "number") {
+      if (BAD_WHEN_POSITIVE.test(name) && value > 0) return badge("bad", count(value));
       if (/bytes$/.test(name)) return bytes(value);
-      if (/(^|_)(at|since|time|ts)$|^last_/.test(name) && value > 1e9) {
+      if (/(_at|_since)$/.test(name) && value > 1e9) {
         return el("span", {title: new Date(value * 1000).toISOString(), text: ago(value)});
       }
-      if (/(age|seconds|_s)$/.test(name)) return duration(value);
+      if (/(age|seconds)$/.test(name)) return duration(value);
       if (/_ms$/.test(name)) return Steward.ms(value);
       if (isMoney(name)) return money(value);
+      if (name === "pid") return String(value);
       return Number.isInteger(value) ? count(value) : String(+value.toFixed(4));
     }
     if (typeof value === "string") {
       if (isMoney(name) && /^-?\d+(\.\d+)?$/.test(value)) return money(value);
-      if (/(^|_)(at|since|time|ts)$|^last_/.test(name) && !Number.isNaN(Date.parse(value))
-          && /^\d{4}-/.test(value)) {
-        return el("span", {title: value, text: ago(value)});
-      }
       return value;
     }
     return JSON.stringify(value);
   }
 
-  function table(rows) {
-    return el("table", {class: "table kv"}, el("tbody", {}, rows));
-  }
-
-  /* Rows of name/value, nested objects flattened with their path. */
-  function kvRows(object, prefix) {
-    const rows = [];
-    for (const [name, value] of Object.entries(object)) {
-      const path = prefix ? `${prefix} ${name}` : name;
-      if (value && typeof value === "object" && !Array.isArray(value)) {
-        rows.push(...kvRows(value, path));
-      } else if (Array.isArray(value) && value.some((v) => v && typeof v === "object")) {
-        rows.push(el("tr", {}, el("td", {colspan: 2}, el("div", {class: "subtle", text: label(path)}),
-                                  list(value))));
-      } else if (Array.isArray(value)) {
-        rows.push(el("tr", {dataset: {field: path}}, el("th", {text: label(path)}),
-                     el("td", {text: value.length ? value.join(", ") : "none"})));
-      } else {
-        rows.push(el("tr", {dataset: {field: path}}, el("th", {text: label(path)}),
-                     el("td", {}, format(name, value))));
-      }
+  function row(name, value) {
+    if (value && typeof value === "object" && !Array.isArray(value)) {
+      return Object.entries(value).map(([inner, v]) => row(`${name}_${inner}`, v)).flat();
     }
-    return rows;
+    if (Array.isArray(value)) value = value.length ? value.join(", ") : "none";
+    return [el("tr", {dataset: {field: name}}, el("th", {text: label(name)}),
+               el("td", {}, format(name, value)))];
   }
 
-  /* A list of objects (workers, budgets) as a table with one column per field. */
-  function list(items) {
-    if (!items.length) return el("p", {class: "subtle", text: "None."});
-    const columns = [...new Set(items.flatMap((item) => Object.keys(item || {})))];
+  function fields(object, order) {
+    const names = [...order.filter((n) => n in object),
+                   ...Object.keys(object).filter((n) => !order.includes(n)).sort()];
+    return el("table", {class: "table kv"}, el("tbody", {},
+      names.map((name) => row(name, object[name])).flat()));
+  }
+
+  /* Budgets: one row each, with how much of the limit is spent. */
+  function budgets(items) {
+    if (!items.length) {
+      return el("p", {class: "subtle", text: "No budgets. Set one with `steward budgets set`."});
+    }
     return el("table", {class: "table"},
-      el("thead", {}, el("tr", {}, columns.map((c) => el("th", {text: label(c)})))),
-      el("tbody", {}, items.map((item) => el("tr", {},
-        columns.map((c) => el("td", {}, format(c, (item || {})[c])))))));
+      el("thead", {}, el("tr", {}, el("th", {text: "Scope"}), el("th", {class: "num", text: "Limit"}),
+                         el("th", {class: "num", text: "Spent"}),
+                         el("th", {class: "num", text: "Remaining"}))),
+      el("tbody", {}, items.map((b) => {
+        const used = Number(b.limit) > 0 ? Math.min(1, Number(b.spent) / Number(b.limit)) : 0;
+        const kind = used >= 1 ? "bad" : used >= 0.8 ? "warn" : "";
+        return el("tr", {dataset: {scope: b.scope}},
+          el("td", {}, b.scope, el("div", {class: `meter ${kind}`},
+                                   el("div", {style: `width:${(used * 100).toFixed(1)}%`}))),
+          el("td", {class: "num", text: money(b.limit)}),
+          el("td", {class: "num", text: money(b.spent)}),
+          el("td", {class: "num", text: money(b.remaining)}));
+      })));
   }
 
   function card(name, value) {
-    const title = TITLES[name] || label(name);
+    const [title, order] = SECTIONS[name] || [label(name), []];
     let content;
-    if (Array.isArray(value)) content = list(value);
-    else if (value && typeof value === "object") content = table(kvRows(value, ""));
-    else content = table([el("tr", {}, el("th", {text: label(name)}), el("td", {}, format(name, value)))]);
-    const wide = Array.isArray(value) && value.length && Object.keys(value[0] || {}).length > 4;
-    return el("div", {class: `card${wide ? " wide" : ""}`, dataset: {section: name}},
-              el("h2", {text: title}), content);
+    if (name === "budgets" && Array.isArray(value)) content = budgets(value);
+    else if (value && typeof value === "object" && !Array.isArray(value)) {
+      content = fields(value, order);
+    } else content = fields({[name]: value}, []);
+    return el("div", {class: "card", dataset: {section: name}}, el("h2", {text: title}), content);
   }
 
   /* One line on top: ready or not, and what is degraded. */
@@ -115,24 +136,13 @@
   }
 
   function render(data) {
-    const root = document.getElementById("health");
-    const rest = {...data};
-    delete rest.ready;
-    delete rest.degraded;
-    const sections = Object.entries(rest).filter(([, v]) => v && typeof v === "object");
-    const scalars = Object.entries(rest).filter(([, v]) => !(v && typeof v === "object"));
-    sections.sort(([a], [b]) => {
-      const ia = ORDER.indexOf(a) < 0 ? ORDER.length : ORDER.indexOf(a);
-      const ib = ORDER.indexOf(b) < 0 ? ORDER.length : ORDER.indexOf(b);
-      return ia - ib || a.localeCompare(b);
-    });
-    const cards = sections.map(([name, value]) => card(name, value));
-    if (scalars.length) {
-      cards.unshift(el("div", {class: "card", dataset: {section: "general"}},
-                       el("h2", {text: "General"}), table(kvRows(Object.fromEntries(scalars), ""))));
-    }
-    if ("ready" in data || "degraded" in data) cards.unshift(banner(data));
-    root.replaceChildren(...cards);
+    const names = Object.keys(data).filter((n) => n !== "ready" && n !== "degraded");
+    const known = Object.keys(SECTIONS);
+    names.sort((a, b) => (known.includes(a) ? known.indexOf(a) : known.length)
+                         - (known.includes(b) ? known.indexOf(b) : known.length)
+                         || a.localeCompare(b));
+    document.getElementById("health").replaceChildren(banner(data),
+                                                      ...names.map((n) => card(n, data[n])));
   }
 
   async function load() {

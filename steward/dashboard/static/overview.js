@@ -91,49 +91,104 @@
     return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
   }
 
+  /* Where the cursor is, the values of that point: time, then each group's, largest first. */
+  function tooltipPlugin(lines, format) {
+    let tip;
+    return {hooks: {
+      init: (u) => {
+        tip = el("div", {class: "tip", hidden: true});
+        u.over.append(tip);
+        u.over.addEventListener("mouseleave", () => { tip.hidden = true; });
+      },
+      setCursor: (u) => {
+        const i = u.cursor.idx;
+        if (i === null || i === undefined || u.cursor.left < 0) { tip.hidden = true; return; }
+        const rows = lines.map((l) => [l, l.values[i]])
+          .filter(([, v]) => v !== null && v !== undefined && v !== 0)
+          .sort((x, y) => y[1] - x[1]);
+        tip.replaceChildren(el("div", {class: "tip-time", text: Steward.when(u.data[0][i])}),
+          ...(rows.length ? rows.slice(0, 8).map(([line, v]) => el("div", {class: "tip-row"},
+            el("span", {class: "swatch", style: `background:${line.color}`}),
+            el("span", {class: "tip-name", text: line.name}),
+            el("span", {class: "tip-value", text: format.value(v)})))
+            : [el("div", {class: "subtle", text: "no requests"})]));
+        tip.hidden = false;
+        const left = u.cursor.left + 14;
+        const flip = left + tip.offsetWidth > u.over.clientWidth;
+        tip.style.left = `${flip ? u.cursor.left - tip.offsetWidth - 14 : left}px`;
+        tip.style.top = `${Math.max(0, Math.min(u.cursor.top - 10,
+                                                u.over.clientHeight - tip.offsetHeight))}px`;
+      },
+    }};
+  }
+
+  /* Additive figures (spend, requests, tokens) as stacked bars: each group's bar is drawn
+     from zero to its running total, tallest first, so each shows as its own band. Latency,
+     which does not add up, as lines. */
   function drawChart(name, times, lines, format) {
     const figure = document.querySelector(`.chart[data-chart="${name}"]`);
     const plot = figure.querySelector(".plot");
     const old = charts.get(name);
     if (old) { old.destroy(); charts.delete(name); }
     plot.replaceChildren();
-    if (!times.length || !lines.length) {
+    const any = lines.some((l) => l.values.some((v) => v !== null && v !== 0));
+    if (!times.length || !any) {
       plot.append(el("div", {class: "empty-chart", text: "No requests in this range"}));
       return;
     }
     const axis = {stroke: cssVar("--ink-3"), grid: {stroke: cssVar("--line-2"), width: 1},
                   ticks: {stroke: cssVar("--line"), width: 1}, font: "11px system-ui, sans-serif"};
-    const sparse = times.length > 0 && lines.every((l) => l.values.filter((v) => v).length <= 3);
+    const step = times.length > 1 ? times[1] - times[0] : 60;
+    let data;
+    let series;
+    if (format.stacked) {
+      const bars = uPlot.paths.bars({size: [0.82, 40], gap: 0});
+      let running = times.map(() => 0);
+      const totals = lines.map((line) => {
+        running = running.map((v, i) => v + (line.values[i] || 0));
+        return running;
+      });
+      const order = lines.map((_, i) => lines.length - 1 - i);
+      data = [times, ...order.map((i) => totals[i])];
+      series = order.map((i) => ({label: lines[i].name, stroke: lines[i].color,
+                                  fill: lines[i].color, width: 0, paths: bars,
+                                  points: {show: false}}));
+    } else {
+      data = [times, ...lines.map((l) => l.values)];
+      series = lines.map((line) => ({label: line.name, stroke: line.color, width: 1.75,
+                                     spanGaps: true, points: {show: true, size: 4}}));
+    }
     const options = {
       width: Math.max(plot.clientWidth, 200),
       height: 220,
-      cursor: {drag: {x: false, y: false}},
-      scales: {x: {time: true}, y: {range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1]}},
-      axes: [axis, {...axis, size: 56, values: (u, splits) => splits.map((v) => format.axis(v))}],
-      legend: {live: true},
-      series: [{value: (u, v) => (v === null ? "–" : Steward.when(v))},
-               ...lines.map((line) => ({
-                 label: line.name, stroke: line.color, width: 1.75,
-                 fill: format.fill ? `${line.color}14` : undefined,
-                 spanGaps: format.spanGaps, points: {show: sparse || format.points, size: 5},
-                 value: (u, v) => (v === null || v === undefined ? "–" : format.value(v)),
-               }))],
+      legend: {show: false},
+      cursor: {y: false, drag: {x: false, y: false}, points: {show: !format.stacked}},
+      scales: {x: {time: true, range: (u, min, max) => [min - step / 2, max + step / 2]},
+               y: {range: (u, min, max) => [0, max > 0 ? max * 1.08 : 1]}},
+      axes: [axis, {...axis, size: 60, values: (u, splits) => splits.map((v) => format.axis(v))}],
+      series: [{}, ...series],
+      plugins: [tooltipPlugin(lines, format)],
     };
-    const chart = new uPlot(options, [times, ...lines.map((l) => l.values)], plot);
-    charts.set(name, chart);
+    charts.set(name, new uPlot(options, data, plot));
+  }
+
+  function renderLegend(groups) {
+    document.getElementById("legend").replaceChildren(...colored(groups).map(({group, color}) =>
+      el("span", {class: "item", title: group.name},
+         el("span", {class: "swatch", style: `background:${color}`}),
+         el("span", {class: "name", text: group.name}))));
   }
 
   function renderCharts(series) {
     const times = series.t || [];
     const groups = series.groups || [];
-    const counts = {axis: compact, value: count, spanGaps: false, fill: true};
-    drawChart("cost", times, lines(groups, (g) => g.cost),
-              {axis: (v) => money(v), value: money, spanGaps: false, fill: true});
-    drawChart("requests", times, lines(groups, (g) => g.requests), counts);
+    const stacked = (axisFormat, value) => ({axis: axisFormat, value, stacked: true});
+    renderLegend(groups);
+    drawChart("cost", times, lines(groups, (g) => g.cost), stacked(money, money));
+    drawChart("requests", times, lines(groups, (g) => g.requests), stacked(compact, count));
     drawChart("tokens", times, lines(groups, (g) => g.input_tokens.map(
-      (v, i) => (v || 0) + (g.output_tokens[i] || 0))), counts);
-    drawChart("latency", times, lines(groups, (g) => g.latency_p50_ms),
-              {axis: ms, value: ms, spanGaps: true, points: true});
+      (v, i) => (v || 0) + (g.output_tokens[i] || 0))), stacked(compact, count));
+    drawChart("latency", times, lines(groups, (g) => g.latency_p50_ms), {axis: ms, value: ms});
   }
 
   function renderTop(id, rows, filter) {

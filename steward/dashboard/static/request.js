@@ -130,10 +130,11 @@
     document.getElementById("title").textContent =
       [record.provider, record.model].filter(Boolean).join(" · ") || "Request";
     document.title = `${record.model || "Request"} · Steward`;
-    document.getElementById("badges").replaceChildren(
+    document.getElementById("badges").replaceChildren(...[
       statusBadge(record.status),
       record.stream ? el("span", {class: "badge", text: "stream"}) : null,
-      record.endpoint ? el("span", {class: "badge", text: record.endpoint}) : null);
+      record.endpoint ? el("span", {class: "badge", text: record.endpoint}) : null,
+    ].filter(Boolean));
     document.getElementById("summary").replaceChildren(
       tile("When", time(record.ts), day(record.ts)),
       tile("Key", record.key_name || record.api_key_id || "–", record.api_key_uuid || ""),
