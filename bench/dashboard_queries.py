@@ -77,7 +77,10 @@ def fill(home: Home, n: int, span: float, now: float) -> float:
     started = time.monotonic()
     chunk = 50_000
     for first in range(0, n, chunk):
-        times = sorted(now - rng.random() * span for _ in range(min(chunk, n - first)))
+        # In time order, as the indexer meets them: chunk by chunk from the oldest.
+        size = min(chunk, n - first)
+        low = now - span + span * first / n
+        times = sorted(low + rng.random() * span * size / n for _ in range(size))
         conn.execute("BEGIN IMMEDIATE")
         batch = store.Batch()
         for ts in times:
