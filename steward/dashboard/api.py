@@ -26,11 +26,12 @@ def _dashboard() -> Dashboard:
 
 
 def _ok(body: Any) -> Any:
-    return body, 200, {"Cache-Control": "no-store"}
+    return body
 
 
 @blueprint.after_request
 async def _no_store(response: Response) -> Response:
+    """Every answer: bodies and figures must never sit in a browser's cache."""
     response.headers["Cache-Control"] = "no-store"
     return response
 

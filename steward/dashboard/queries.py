@@ -17,7 +17,17 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from steward.dashboard.store import LAT, PICO, SUMS, TOKENS, TTFT, percentile
+from steward.dashboard.store import (
+    ALL,
+    LAT,
+    PICO,
+    SUMS,
+    TAGGED,
+    TOKENS,
+    TTFT,
+    percentile,
+    percentiles,
+)
 from steward.errors import StewardError
 
 
@@ -40,7 +50,7 @@ OTHER = "(other)"
 UNTAGGED = "(untagged)"
 TOP = 10
 
-_COLS = ", ".join(f"SUM({c})" for c in SUMS)
+_ROW = ", ".join(SUMS)
 _I = {name: i for i, name in enumerate(SUMS)}
 
 
@@ -48,14 +58,8 @@ def _usd(pico: int) -> str:
     return str((Decimal(pico) / PICO).normalize()) if pico else "0"
 
 
-def _add(into: list[int], row: Any) -> None:
-    for i, v in enumerate(row):
-        into[i] += v
-
-
-def _sub(into: list[int], row: list[int]) -> None:
-    for i, v in enumerate(row):
-        into[i] -= v
+def _minus(a: list[int], b: list[int]) -> list[int]:
+    return [x - y for x, y in zip(a, b, strict=True)]
 
 
 def _lat(sums: list[int]) -> list[int]:
@@ -72,10 +76,10 @@ def _totals(sums: list[int]) -> dict[str, Any]:
             "error_rate": round(errors / requests, 6) if requests else 0.0,
             "cost": _usd(sums[_I["cost"]]),
             **{name: sums[_I[name]] for name in TOKENS},
-            "latency_p50_ms": percentile(_lat(sums), 0.5),
-            "latency_p95_ms": percentile(_lat(sums), 0.95),
-            "ttft_p50_ms": percentile(_ttft(sums), 0.5),
-            "ttft_p95_ms": percentile(_ttft(sums), 0.95)}
+            **dict(zip(("latency_p50_ms", "latency_p95_ms"),
+                       percentiles(_lat(sums), (0.5, 0.95)), strict=True)),
+            **dict(zip(("ttft_p50_ms", "ttft_p95_ms"),
+                       percentiles(_ttft(sums), (0.5, 0.95)), strict=True))}
 
 
 def check_group(group: str) -> str:
@@ -92,19 +96,16 @@ def window(range_name: str, now: float) -> tuple[Range, int, int]:
     return spec, to - spec.span, to
 
 
-def _per_point(conn: sqlite3.Connection, spec: Range, dim: str, start: int, end: int,
-               shown: list[str] | None = None) -> list[tuple[int, str | None, tuple[int, ...]]]:
-    """Sums per point (and per value: the shown ones by name, the rest as None). The rows
-    of one slot are the point's: each range reads the resolution of its step."""
-    if shown is None:
-        select, group, args = "NULL", "1", []
-    else:
-        select = f"CASE WHEN value IN ({', '.join('?' * len(shown))}) THEN value END"
-        group, args = "1, 2", list(shown)
+def _slots(conn: sqlite3.Connection, spec: Range, dim: str, start: int, end: int,
+           values: list[str] | None = None) -> list[tuple[int, str, tuple[int, ...]]]:
+    """(point, value, sums) of one dimension in the range: each range reads the resolution of
+    its step, so a slot is a point and nothing needs summing."""
+    only, args = "", []
+    if values is not None:
+        only, args = f"AND value IN ({', '.join('?' * len(values))})", values
     rows = conn.execute(
-        f"SELECT (t - ?) / ?, {select}, {_COLS} FROM roll WHERE res = ? AND dim = ? "
-        f"AND t >= ? AND t < ? GROUP BY {group}",
-        [start, spec.step, *args, spec.res, dim, start, end]).fetchall()
+        f"SELECT (t - ?) / ?, value, {_ROW} FROM roll WHERE res = ? AND dim = ? AND t >= ? "
+        f"AND t < ? {only}", [start, spec.step, spec.res, dim, start, end, *args]).fetchall()
     return [(row[0], row[1], row[2:]) for row in rows]
 
 
@@ -122,58 +123,74 @@ def overview(conn: sqlite3.Connection, range_name: str, group: str,
     spec, start, end = window(range_name, time.time() if now is None else now)
     check_group(group)
     points = spec.span // spec.step
-    # Every request has exactly one provider: those rows are the totals.
-    totals_by_point = [[0] * len(SUMS) for _ in range(points)]
-    for i, _, sums in _per_point(conn, spec, "provider", start, end):
-        _add(totals_by_point[i], sums)
-    total = [0] * len(SUMS)
-    for sums in totals_by_point:
-        _add(total, sums)
+
+    def empty() -> list[list[int]]:
+        return [[0] * len(SUMS) for _ in range(points)]
+
+    totals = empty()
+    for i, _, sums in _slots(conn, spec, ALL, start, end):
+        totals[i] = list(sums)
     ranked = _ranked(conn, spec, "dim = ?", [group], start, end, MAX_GROUPS + 1)
     shown = [value for _, value, _, _ in ranked[:MAX_GROUPS]]
-    per_group: dict[str, list[list[int]]] = {
-        value: [[0] * len(SUMS) for _ in range(points)] for value in shown}
-    if len(ranked) > MAX_GROUPS:
-        per_group[OTHER] = [[0] * len(SUMS) for _ in range(points)]
-    for i, value, sums in _per_point(conn, spec, group, start, end, shown):
-        _add(per_group[OTHER if value is None else value][i], sums)
+    per_group = {value: empty() for value in shown}
+    for i, value, sums in _slots(conn, spec, group, start, end, shown):
+        per_group[value][i] = list(sums)
+    # What the groups not shown add up to, and requests without the tag, by subtraction:
+    # histograms are counts, so they subtract exactly.
+    whole = totals
     if group.startswith("tag:"):
-        untagged = [list(s) for s in totals_by_point]
-        for series in per_group.values():
-            for i, sums in enumerate(series):
-                _sub(untagged[i], sums)
-        if any(s[0] for s in untagged):
+        whole = empty()
+        for i, _, sums in _slots(conn, spec, TAGGED + group[4:], start, end):
+            whole[i] = list(sums)
+    if len(ranked) > MAX_GROUPS:
+        groups = list(per_group.values())
+        per_group[OTHER] = [
+            _minus(whole[i], [sum(c) for c in zip(*(g[i] for g in groups), strict=True)])
+            for i in range(points)]
+    if group.startswith("tag:"):
+        untagged = [_minus(t, w) for t, w in zip(totals, whole, strict=True)]
+        if any(p[0] for p in untagged):
             per_group[UNTAGGED] = untagged
+
     def label(value: str) -> str:
         return key_names.get(value, value) if group == "key" else value
 
     return {"range": range_name, "from": start, "to": end, "step": spec.step, "group": group,
-            "totals": _totals(total),
+            "totals": _totals([sum(column) for column in zip(*totals, strict=True)]),
             "series": {"t": [start + i * spec.step for i in range(points)],
                        "groups": [_series(label(name), sums)
                                   for name, sums in per_group.items()]},
-            "top": {"keys": _top(conn, spec, "dim = 'key'", start, end, key_names),
-                    "models": _top(conn, spec, "dim = 'model'", start, end, {}),
-                    "tags": _top(conn, spec, "dim LIKE 'tag:%'", start, end, {})}}
+            "top": {"keys": _top(conn, spec, "key", start, end, key_names,
+                                 ranked if group == "key" else None),
+                    "models": _top(conn, spec, "model", start, end, {},
+                                   ranked if group == "model" else None),
+                    "tags": _top(conn, spec, "tag:", start, end, {}, None)}}
 
 
 def _series(name: str, points: list[list[int]]) -> dict[str, Any]:
+    latency = [percentiles(_lat(p), (0.5, 0.95)) if p[0] else (None, None) for p in points]
     return {"name": name,
             "requests": [p[_I["requests"]] for p in points],
             "errors": [p[_I["errors"]] for p in points],
             "cost": [float(Decimal(p[_I["cost"]]) / PICO) for p in points],
             "input_tokens": [p[_I["input_tokens"]] for p in points],
             "output_tokens": [p[_I["output_tokens"]] for p in points],
-            "latency_p50_ms": [percentile(_lat(p), 0.5) for p in points],
-            "latency_p95_ms": [percentile(_lat(p), 0.95) for p in points],
-            "ttft_p50_ms": [percentile(_ttft(p), 0.5) for p in points]}
+            "latency_p50_ms": [p50 for p50, _ in latency],
+            "latency_p95_ms": [p95 for _, p95 in latency],
+            "ttft_p50_ms": [percentile(_ttft(p), 0.5) if p[0] else None for p in points]}
 
 
-def _top(conn: sqlite3.Connection, spec: Range, where: str, start: int, end: int,
-         names: Mapping[str, str]) -> list[dict[str, Any]]:
+def _top(conn: sqlite3.Connection, spec: Range, dim: str, start: int, end: int,
+         names: Mapping[str, str], ranked: list[tuple[str, str, int, int]] | None
+         ) -> list[dict[str, Any]]:
+    """The values of a dimension (every tag's, for `tag:`) with the most spend."""
+    if ranked is None:
+        where, args = ("dim >= ? AND dim < ?", ["tag:", "tag;"]) if dim == "tag:" else \
+            ("dim = ?", [dim])  # a range on the key, where LIKE would scan
+        ranked = _ranked(conn, spec, where, args, start, end, TOP)
     out = []
-    for dim, value, requests, cost in _ranked(conn, spec, where, [], start, end, TOP):
-        name = f"{dim[4:]}={value}" if dim.startswith("tag:") else names.get(value, value)
+    for found, value, requests, cost in ranked[:TOP]:
+        name = f"{found[4:]}={value}" if found.startswith("tag:") else names.get(value, value)
         out.append({"name": name, "requests": requests, "cost": _usd(cost)})
     return out
 
@@ -254,14 +271,17 @@ def requests(conn: sqlite3.Connection, params: Mapping[str, str],
     if until is not None:
         where.append(f"{ts} < ?")
         args.append(until)
+    index = ""
     min_cost = _number(params, "min_cost")
-    if min_cost is not None:
-        where.append("r.cost >= ?")
-        args.append(int(Decimal(str(min_cost)) * PICO))
     min_latency = _number(params, "min_latency_ms")
-    if min_latency is not None:
-        where.append("r.latency_ms >= ?")
-        args.append(min_latency)
+    for column, bound in (("cost", None if min_cost is None else
+                           int(Decimal(str(min_cost)) * PICO)), ("latency_ms", min_latency)):
+        if bound is None:
+            continue
+        where.append(f"r.{column} >= ?")
+        args.append(bound)
+        if not tag_join and not index and _few(conn, column, bound):
+            index = f"INDEXED BY requests_{column.split('_')[0]}"
     limit_text = params.get("limit", "").strip() or str(DEFAULT_LIMIT)
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
         raise BadRequest(f"limit {limit_text!r}: use a whole number from 1 to {MAX_LIMIT}")
@@ -271,7 +291,7 @@ def requests(conn: sqlite3.Connection, params: Mapping[str, str],
         after_ts, after_row = _uncursor(cursor)
         where.append(f"({ts}, r.rowid) < (?, ?)")
         args += [after_ts, after_row]
-    sql = (f"SELECT r.rowid, r.ts, r.record FROM requests r {tag_join} "
+    sql = (f"SELECT r.rowid, r.ts, r.record FROM requests r {index} {tag_join} "
            f"{'WHERE ' + ' AND '.join(where) if where else ''} "
            f"ORDER BY {ts} DESC, r.rowid DESC LIMIT ?")
     rows = conn.execute(sql, [*args, limit + 1]).fetchall()
@@ -279,6 +299,16 @@ def requests(conn: sqlite3.Connection, params: Mapping[str, str],
     more = len(rows) > limit
     return {"requests": out,
             "next": _cursor(rows[limit - 1][1], rows[limit - 1][0]) if more else None}
+
+
+PROBE = 5000
+
+
+def _few(conn: sqlite3.Connection, column: str, bound: float) -> bool:
+    """Whether few rows pass a minimum (cost, latency): then they are found by their index
+    and sorted, rather than by walking every request newest first to find them."""
+    return conn.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM requests WHERE {column} >= ? "
+                        "LIMIT ?)", (bound, PROBE)).fetchone()[0] < PROBE
 
 
 def _with_name(record: dict[str, Any], key_names: Mapping[str, str]) -> dict[str, Any]:

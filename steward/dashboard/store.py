@@ -7,10 +7,10 @@ it. Three tables:
 
 - `requests`: one row per record (its JSON, plus the columns lists filter and sort on),
   `request_tags` beside it for tag filters;
-- `roll`: per resolution (1 min, 15 min, 1 h), time slot, dimension (`model`, `provider`,
-  `key`, `tag:<name>`) and value: requests, errors, cost, token sums and fixed log-scale
-  latency and time-to-first-token histograms, so totals and p50/p95 over any range come from
-  a few hundred rows;
+- `roll`: per resolution (1 min, 15 min, 1 h, 6 h), time slot, dimension (`all`, `model`,
+  `provider`, `key`, `tag:<name>`, `tagged:<name>`) and value: requests, errors, cost, token
+  sums and fixed log-scale latency and time-to-first-token histograms, so totals and p50/p95
+  over any range come from a few hundred rows;
 - `cursor`: per spool segment, the byte offset indexed so far. It changes in the same
   transaction as the rows it accounts for, so a record is counted exactly once, whoever
   indexes (the daemon's indexer, a rebuild, both at once).
@@ -26,7 +26,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -40,7 +40,11 @@ from steward.records.spool import segment_writer_alive, segments
 
 log = logging.getLogger("steward.dashboard")
 
-STORE_VERSION = 1  # a different version on disk: the store is dropped and rebuilt
+STORE_VERSION = 2  # a different version on disk: the store is dropped and rebuilt
+# Dimensions of the rollups besides model, provider, key and tag:<name>: every request (the
+# totals), and every request carrying a tag of that name (whatever its value).
+ALL = "all"
+TAGGED = "tagged:"
 RETENTION = 31 * 86400.0  # the longest range shown (30 days), and a day to spare
 # Rollup resolutions (seconds) and how long each is kept: each range reads the one whose
 # slots are its points (1h: minutes, 24h: 15 minutes, 7d: hours, 30d: 6 hours), so a query
@@ -73,6 +77,8 @@ def _schema() -> list[str]:
         "CREATE INDEX requests_model ON requests (model, ts)",
         "CREATE INDEX requests_provider ON requests (provider, ts)",
         "CREATE INDEX requests_status ON requests (status, ts)",
+        "CREATE INDEX requests_cost ON requests (cost)",
+        "CREATE INDEX requests_latency ON requests (latency_ms)",
         "CREATE TABLE request_tags (req INTEGER NOT NULL, name TEXT NOT NULL, "
         "value TEXT NOT NULL, ts REAL NOT NULL)",
         "CREATE INDEX request_tags_value ON request_tags (name, value, ts)",
@@ -173,23 +179,34 @@ def bounds(index: int) -> tuple[float, float]:
     return low, (low if index == BUCKETS - 1 else low * RATIO)
 
 
-def percentile(counts: Iterable[int], q: float) -> float | None:
-    """The q-quantile of a histogram, interpolated within its bucket; None when empty."""
-    counts = list(counts)
+_BOUNDS = tuple(bounds(i) for i in range(BUCKETS))
+
+
+def percentiles(counts: Sequence[int], qs: Sequence[float]) -> list[float | None]:
+    """The q-quantiles (ascending qs) of a histogram, each interpolated within its bucket
+    (geometrically: the buckets are); None when it is empty. One pass for all of them."""
     total = sum(counts)
     if not total:
-        return None
-    rank = q * total
+        return [None] * len(qs)
+    out: list[float | None] = []
+    ranks = [q * total for q in qs]
     seen = 0
     for index, count in enumerate(counts):
-        if count and seen + count >= rank:
-            low, high = bounds(index)
-            share = (rank - seen) / count
-            if index == 0:
-                return round(low + (high - low) * share, 1)
-            return round(low * (high / low) ** share, 1)
+        if not count:
+            continue
+        while len(out) < len(ranks) and seen + count >= ranks[len(out)]:
+            low, high = _BOUNDS[index]
+            share = (ranks[len(out)] - seen) / count
+            out.append(round(low + (high - low) * share if index == 0
+                             else low * (high / low) ** share, 1))
+        if len(out) == len(ranks):
+            return out
         seen += count
-    return round(bounds(BUCKETS - 1)[0], 1)
+    return out + [round(_BOUNDS[-1][0], 1)] * (len(ranks) - len(out))
+
+
+def percentile(counts: Sequence[int], q: float) -> float | None:
+    return percentiles(counts, (q,))[0]
 
 
 # -- indexing ---------------------------------------------------------------------------------
@@ -250,9 +267,11 @@ class Batch:
         ttft = record.get("ttft_ms")
         if isinstance(ttft, int | float):
             deltas.append((_TTFT0 + bucket(ttft), 1))
-        dims = [("model", model_of(record)), ("provider", record.get("provider") or "(none)"),
+        dims = [(ALL, ""), ("model", model_of(record)),
+                ("provider", record.get("provider") or "(none)"),
                 ("key", record.get("api_key_id") or "(no key)")]
-        dims += [(f"tag:{name}", str(value)) for name, value in (record.get("tags") or {}).items()]
+        for name, value in (record.get("tags") or {}).items():
+            dims += [(f"tag:{name}", str(value)), (f"{TAGGED}{name}", "")]
         rows = self.rows
         width = len(SUMS)
         for res, since in self.since:

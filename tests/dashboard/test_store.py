@@ -103,3 +103,31 @@ def test_uploads_keep_segments_the_dashboard_has_not_read(tmp_path: Path) -> Non
     uploader.cleanup()
     assert not second.exists()
     assert conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 2
+
+
+def test_groups_past_ten_are_summed_as_other(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    records = []
+    for m in range(12):  # model m: m + 1 requests, each costing m + 1 picodollars
+        for n in range(m + 1):
+            record = _record(n, latency=50.0 * (m + 1))
+            record.update(model=f"model-{m:02d}", cost=f"{(m + 1) / 10**12:.12f}",
+                          tags={"team": "a"} if n % 2 else {})
+            records.append(record)
+    _segment(home, "0", records)
+    conn = store.connect(home)
+    store.index_all(conn, home)
+    overview = queries.overview(conn, "1h", "model", {})
+    groups = {g["name"]: g for g in overview["series"]["groups"]}
+    assert list(groups) == [f"model-{m:02d}" for m in range(11, 1, -1)] + ["(other)"]
+    other = groups["(other)"]
+    assert sum(other["requests"]) == 1 + 2  # models 0 and 1
+    assert sum(sum(g["requests"]) for g in groups.values()) == len(records) == 78
+    p50 = next(p for p in other["latency_p50_ms"] if p is not None)
+    assert 50 / store.RATIO <= p50 <= 100 * store.RATIO
+    by_team = queries.overview(conn, "1h", "tag:team", {})["series"]["groups"]
+    tagged = sum(1 for r in records if r["tags"])
+    assert {g["name"]: sum(g["requests"]) for g in by_team} == \
+        {"a": tagged, "(untagged)": len(records) - tagged}
+    assert [m["name"] for m in overview["top"]["models"]] == \
+        [f"model-{m:02d}" for m in range(11, 1, -1)]
