@@ -471,6 +471,16 @@ def test_a_request_shows_its_prompt_and_answer_from_the_bucket(site: Site, page:
     assert page.locator("#response .role").text_content() == "assistant (streamed)"
     assert page.locator("#response .text").inner_text() == ANSWER
 
+    refused = next(r for r in site.live() if r["status"] == 429)
+    page.goto(f"{site.url}/requests/{refused['id']}")
+    ready(page, refused["id"])
+    assert page.locator("#response .role").text_content() == "error"
+    assert page.locator("#response .text").inner_text() == "fake upstream error 429"
+    unkept = next(r for r in site.records() if r["body_ref"] is None)
+    page.goto(f"{site.url}/requests/{unkept['id']}")
+    ready(page, unkept["id"])
+    assert page.locator("#prompt").inner_text() == f"Body not available: {unkept['body_error']}"
+
 
 def test_health_page(site: Site, page: Any) -> None:
     page.goto(site.url + "/health")

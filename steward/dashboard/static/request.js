@@ -77,7 +77,8 @@
   }
 
   function message(role, text) {
-    const kind = ["user", "assistant", "system", "model"].includes(role) ? role : "other";
+    const base = role.split(" ")[0];  // "assistant (streamed)" is the assistant
+    const kind = ["user", "assistant", "system", "model", "error"].includes(base) ? base : "other";
     return el("div", {class: `message ${kind === "model" ? "assistant" : kind}`},
       el("div", {class: "role", text: role}),
       el("div", {class: "text", text: text || "(empty)"}));
@@ -89,7 +90,7 @@
     if (!data.available) {
       const reason = data.error || "no body was stored for this request";
       prompt.replaceChildren(el("p", {class: "subtle", text: `Body not available: ${reason}`}));
-      response.replaceChildren();
+      response.closest(".card").hidden = true;
       for (const part of ["raw-request", "raw-response", "raw-headers"]) {
         document.getElementById(part).hidden = true;
       }
@@ -97,11 +98,14 @@
     }
     const request = data.request;
     const answer = data.stream ? data.response_text : answerText(data.response);
+    const failed = !data.stream && data.response && typeof data.response === "object"
+      && data.response.error;
     const asked = promptMessages(request);
     prompt.replaceChildren(...(asked.length ? asked.map(([role, text]) => message(role, text))
       : [el("p", {class: "subtle", text: "No prompt text in this request."})]));
     response.replaceChildren(
-      answer ? message(data.stream ? "assistant (streamed)" : "assistant", answer)
+      answer ? message(failed ? "error" : data.stream ? "assistant (streamed)" : "assistant",
+                       answer)
         : el("p", {class: "subtle", text: "No text in the response."}));
     document.querySelector("#raw-request pre").textContent = pretty(data.request);
     document.querySelector("#raw-response pre").textContent = pretty(data.response);
