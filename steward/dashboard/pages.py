@@ -8,12 +8,10 @@ way, and keeps prompt text (attacker-controlled) from ever running as script.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from markupsafe import Markup
 from quart import Blueprint, Response, render_template
 
 from steward import __version__
@@ -67,19 +65,16 @@ async def health() -> Response:
     return await _page("health.html", "health", title="Health")
 
 
-@functools.cache
-def _inline_assets() -> dict[str, Any]:
-    """The login page's stylesheet and icon, inlined: everything under /static/ needs the
-    token the visitor has not given yet."""
-    icon = (STATIC / "favicon.svg").read_text()
-    return {"css": Markup((STATIC / "dashboard.css").read_text()),  # our own file, not data
-            "icon": "data:image/svg+xml," + quote(icon)}
+# The login page's stylesheet and icon, inlined (read once, at start-up): everything under
+# /static/ needs the token the visitor has not given yet.
+LOGIN_ASSETS = {"css": (STATIC / "dashboard.css").read_text(),
+                "icon": "data:image/svg+xml," + quote((STATIC / "favicon.svg").read_text())}
 
 
 async def login_page(error: str | None = None, status: int = 200) -> Response:
     """The login form; POST /login (auth.py) renders it again with `error` and 401."""
     return await _page("login.html", "login", status=status, title="Sign in", error=error,
-                       **_inline_assets())
+                       **LOGIN_ASSETS)
 
 
 @blueprint.get("/login")

@@ -534,6 +534,9 @@ def test_a_token_is_required_off_loopback_and_bodies_come_from_s3(
         page.goto(daemon.admin_url + f"/requests/{record['id']}")
         assert page.url == daemon.admin_url + "/login"  # redirected, nothing shown
         assert page.locator(".tile, #record").count() == 0
+        # Styled without /static/ (which needs the token): the stylesheet is inlined.
+        assert page.locator("form.card").evaluate("e => getComputedStyle(e).borderRadius") \
+            == "10px"
         screenshot(page, "login")
 
         page.fill("input[name=token]", "not-" + token)
