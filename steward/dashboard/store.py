@@ -243,49 +243,65 @@ _TTFT0 = _INDEX["f0"]
 class Batch:
     """Rollup increments of one transaction, summed in memory, then one upsert per row.
 
-    A record's increments are kept sparse (about ten non-zero sums of the 120), and only
-    for the resolutions that keep its time."""
+    Records are first summed per minute and combination (model, provider, key, tags): under
+    load most of a batch's records share one, so each costs a few additions; the rows of every
+    resolution and dimension are made from those sums once, at write time, and only for the
+    resolutions that keep their time."""
 
     def __init__(self, now: float | None = None) -> None:
         self.rows: dict[tuple[int, str, int, str], list[int]] = {}
+        self.minutes: dict[tuple[Any, ...], dict[int, int]] = {}
         now = time.time() if now is None else now
         self.since = [(res, now - keep) for res, keep in KEEP.items()]
 
     def add(self, record: dict[str, Any], ts: float, cost: int) -> None:
-        deltas = [(0, 1)]
+        tags = record.get("tags") or {}
+        combo = (int(ts // 60) * 60, model_of(record), record.get("provider") or "(none)",
+                 record.get("api_key_id") or "(no key)",
+                 tuple((name, str(value)) for name, value in tags.items()))
+        sums = self.minutes.get(combo)
+        if sums is None:
+            sums = self.minutes[combo] = {}
+        sums[0] = sums.get(0, 0) + 1
         if is_error(record.get("status")):
-            deltas.append((1, 1))
+            sums[1] = sums.get(1, 0) + 1
         if cost:
-            deltas.append((2, cost))
+            sums[2] = sums.get(2, 0) + cost
         for i, name in enumerate(TOKENS, 3):
             value = record.get(name)
             if isinstance(value, int) and value:
-                deltas.append((i, value))
+                sums[i] = sums.get(i, 0) + value
         latency = record.get("latency_ms")
         if isinstance(latency, int | float):
-            deltas.append((_LAT0 + bucket(latency), 1))
+            i = _LAT0 + bucket(latency)
+            sums[i] = sums.get(i, 0) + 1
         ttft = record.get("ttft_ms")
         if isinstance(ttft, int | float):
-            deltas.append((_TTFT0 + bucket(ttft), 1))
-        dims = [(ALL, ""), ("model", model_of(record)),
-                ("provider", record.get("provider") or "(none)"),
-                ("key", record.get("api_key_id") or "(no key)")]
-        for name, value in (record.get("tags") or {}).items():
-            dims += [(f"tag:{name}", str(value)), (f"{TAGGED}{name}", "")]
+            i = _TTFT0 + bucket(ttft)
+            sums[i] = sums.get(i, 0) + 1
+
+    def _expand(self) -> None:
         rows = self.rows
         width = len(SUMS)
-        for res, since in self.since:
-            if ts < since:
-                continue
-            slot = int(ts // res) * res
-            for dim, value in dims:
-                row = rows.get((res, dim, slot, value))
-                if row is None:
-                    row = rows[(res, dim, slot, value)] = [0] * width
-                for i, d in deltas:
-                    row[i] += d
+        for (minute, model, provider, key, tags), sums in self.minutes.items():
+            dims = [(ALL, ""), ("model", model), ("provider", provider), ("key", key)]
+            for name, value in tags:
+                dims += [(f"tag:{name}", value), (f"{TAGGED}{name}", "")]
+            deltas = list(sums.items())
+            for res, since in self.since:
+                if minute + 60 <= since:
+                    continue
+                slot = minute // res * res
+                for dim, value in dims:
+                    row = rows.get((res, dim, slot, value))
+                    if row is None:
+                        row = rows[(res, dim, slot, value)] = [0] * width
+                    for i, d in deltas:
+                        row[i] += d
+        self.minutes.clear()
 
     def write(self, conn: sqlite3.Connection) -> None:
+        self._expand()
         if not self.rows:
             return
         columns = ", ".join(SUMS)
@@ -295,6 +311,7 @@ class Batch:
             f"INSERT INTO roll (res, dim, t, value, {columns}) VALUES (?, ?, ?, ?, {marks}) "
             f"ON CONFLICT (res, dim, t, value) DO UPDATE SET {updates}",
             [(*k, *v) for k, v in self.rows.items()])
+        self.rows.clear()
 
 
 def insert(conn: sqlite3.Connection, batch: Batch, record: dict[str, Any]) -> bool:
