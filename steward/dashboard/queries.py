@@ -291,11 +291,16 @@ def requests(conn: sqlite3.Connection, params: Mapping[str, str],
         after_ts, after_row = _uncursor(cursor)
         where.append(f"({ts}, r.rowid) < (?, ?)")
         args += [after_ts, after_row]
-    sql = (f"SELECT r.rowid, r.ts, r.record FROM requests r {index} {tag_join} "
+    # The page's rows first, from the indexes alone where they cover the filters; then their
+    # records (a sort never carries the records' text).
+    sql = (f"SELECT r.rowid, {ts} FROM requests r {index} {tag_join} "
            f"{'WHERE ' + ' AND '.join(where) if where else ''} "
            f"ORDER BY {ts} DESC, r.rowid DESC LIMIT ?")
     rows = conn.execute(sql, [*args, limit + 1]).fetchall()
-    out = [_with_name(json.loads(row[2]), key_names) for row in rows[:limit]]
+    page = [row[0] for row in rows[:limit]]
+    texts = dict(conn.execute(f"SELECT rowid, record FROM requests WHERE rowid IN "
+                              f"({', '.join('?' * len(page))})", page).fetchall())
+    out = [_with_name(json.loads(texts[rowid]), key_names) for rowid in page]
     more = len(rows) > limit
     return {"requests": out,
             "next": _cursor(rows[limit - 1][1], rows[limit - 1][0]) if more else None}
