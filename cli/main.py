@@ -17,7 +17,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from steward.cli.admin import admin_app
 from steward.cli.budgets import budgets_app, limits_app
+from steward.cli.dashboard import dashboard_app
 from steward.cli.database import database_app
 from steward.cli.options import HomeOption, JsonOption, out
 from steward.cli.telemetry import telemetry_app
@@ -68,6 +70,8 @@ app.add_typer(telemetry_app, name="telemetry")
 app.add_typer(budgets_app, name="budgets")
 app.add_typer(limits_app, name="limits")
 app.add_typer(database_app, name="db")
+app.add_typer(dashboard_app, name="dashboard")
+app.add_typer(admin_app, name="admin")
 
 
 class KeyStore(enum.StrEnum):

@@ -351,6 +351,13 @@ class DatabaseConfig:
     password_file: str = ""  # the password, kept out of the URL (a mounted Secret)
 
 
+@dataclass(frozen=True)
+class DashboardConfig:
+    # On loopback the dashboard needs no admin token; true asks for one there too. Off
+    # loopback one is always needed.
+    require_token: bool = False
+
+
 # The built-in providers: one per built-in wire format, under the format's name. A format
 # without a public host (Azure: each customer's resource) is a provider once configured.
 DEFAULT_PROVIDERS: dict[str, ProviderConfig] = {
@@ -367,6 +374,7 @@ _SECTIONS: dict[str, type] = {
     "telemetry": TelemetryConfig,
     "budgets": BudgetsConfig,
     "database": DatabaseConfig,
+    "dashboard": DashboardConfig,
 }
 
 
@@ -382,6 +390,7 @@ class Config:
     telemetry: TelemetryConfig = TelemetryConfig()
     budgets: BudgetsConfig = BudgetsConfig()
     database: DatabaseConfig = DatabaseConfig()
+    dashboard: DashboardConfig = DashboardConfig()
 
     @property
     def path(self) -> Path:
@@ -683,6 +692,9 @@ DEFAULT_TOML = """\
 
 [budgets]                      # set budgets with `steward budgets set`, limits `steward limits set`
 # unpriced = "deny"            # a request under a budget whose cost cannot be bounded: deny|allow
+
+[dashboard]                    # http://<admin_host>:<admin_port>/
+# require_token = false        # true: an admin token even on loopback (always off loopback)
 
 # Built-in providers; override base_url to use a proxy or a regional endpoint.
 # [providers.openai]

@@ -112,6 +112,17 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 7: admin tokens for the dashboard (steward/dashboard/tokens.py), stored as SHA-256.
+    """
+    CREATE TABLE admin_tokens (
+        name TEXT PRIMARY KEY,
+        prefix TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        revoked_at REAL,
+        last_used_at REAL
+    );
+    """,
 ]
 
 # Fixed forever: the UUIDs of keys migrated by step 5 must not change between machines or runs.

@@ -72,6 +72,21 @@ class Home:
         return self.spool / "rejected"
 
     @property
+    def dashboard_db(self) -> Path:
+        """The dashboard's store of records and rollups, derived from the spool."""
+        return self.root / "dashboard.db"
+
+    @property
+    def dashboard_cursor(self) -> Path:
+        """How far the dashboard has indexed each segment (the uploader's cleanup reads it)."""
+        return self.spool / "dashboard-cursor.json"
+
+    @property
+    def dashboard_lock(self) -> Path:
+        """Held by the one process that indexes the spool for the dashboard."""
+        return self.spool / "dashboard.lock"
+
+    @property
     def bodies(self) -> Path:
         """The local body store when bodies.url is empty."""
         return self.root / "bodies"

@@ -14,6 +14,7 @@ from quart import Quart
 
 from steward.config import Config, load_config
 from steward.daemon.gateway import Gateway
+from steward.dashboard import install as install_dashboard
 from steward.home import require_home, resolve_home
 from steward.proxy.pipeline import Receive, Scope, Send
 
@@ -23,7 +24,8 @@ def create_app(config: Config | None = None) -> Any:
     if config is None:
         config = load_config(require_home(resolve_home(None)))
     gateway = Gateway(config)
-    quart = Quart(__name__, root_path=str(Path(__file__).parent))
+    # No app-wide static folder: /static/ belongs to the dashboard's pages (their blueprint).
+    quart = Quart(__name__, root_path=str(Path(__file__).parent), static_folder=None)
     quart.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
     @quart.before_serving
@@ -55,6 +57,7 @@ def create_app(config: Config | None = None) -> Any:
         gateway.uploader.wake.set()
         return {"uploading": True}, 202
 
+    install_dashboard(quart, gateway)
     admin_port = config.server.admin_port
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

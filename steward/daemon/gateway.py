@@ -29,6 +29,7 @@ from steward.daemon import allocator, logs, telemetry
 from steward.daemon.metrics import Metrics
 from steward.daemon.state_sync import StateSync
 from steward.daemon.supervisor import InProcessReporter, Reporter
+from steward.dashboard.indexer import Indexer
 from steward.errors import StewardError
 from steward.home import Home
 from steward.pricing import pricer as pricing
@@ -93,6 +94,7 @@ class Gateway:
         self.metrics = Metrics(self.gauges, lambda: self.governor.ledger.figures())
         self.ready = False
         self.reporter: Reporter = InProcessReporter()  # a worker of several gets its own
+        self.dashboard_indexer = Indexer(self.home)  # the spool into the dashboard's store
 
     async def start(self) -> None:
         allocator.tune()
@@ -150,6 +152,7 @@ class Gateway:
                        asyncio.create_task(self.spool.run_retry()),
                        asyncio.create_task(self._sync_budgets())]
         self._tasks.append(asyncio.create_task(self._report()))
+        self._tasks.append(asyncio.create_task(self.dashboard_indexer.run()))
         if db.is_postgres(self._db):
             self.sync = StateSync(self._db.target, self._state_changed)  # type: ignore[union-attr]
             self._tasks.append(asyncio.create_task(self.sync.run()))

@@ -296,8 +296,11 @@ class Uploader:
     # -- housekeeping -----------------------------------------------------------------------
 
     def cleanup(self) -> None:
-        """Delete fully uploaded, finished segments older than the retention; warn on backlog."""
+        """Delete fully uploaded, finished segments older than the retention; warn on backlog.
+        A segment the dashboard has not indexed whole yet is kept (once it has a cursor)."""
         cursor = Cursor.load(self.home.upload_cursor)
+        dashboard = (Cursor.load(self.home.dashboard_cursor).offsets
+                     if self.home.dashboard_cursor.exists() else None)
         now = time.time()
         backlog = 0
         changed = False
@@ -306,6 +309,7 @@ class Uploader:
             done = cursor.offsets.get(path.name, 0)
             backlog += max(size - done, 0)
             if (done >= size and now - path.stat().st_mtime > self.retention
+                    and (dashboard is None or dashboard.get(path.name, 0) >= size)
                     and not segment_writer_alive(path)):
                 path.unlink()
                 cursor.offsets.pop(path.name, None)
