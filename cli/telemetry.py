@@ -19,7 +19,6 @@ from steward.cli.options import HomeOption, JsonOption, out
 
 from steward import db
 from steward.config import load_config, set_value
-from steward.daemon.telemetry import resolve, sealed_headers, store_headers
 from steward.errors import StewardError
 from steward.home import require_home, resolve_home
 from steward.secrets import master_key
@@ -74,6 +73,8 @@ def telemetry_set(
         if given is not None:
             set_value(target, f"telemetry.{key}", given)
     if values or clear_headers:
+        from steward.daemon.telemetry import sealed_headers, store_headers
+
         with contextlib.closing(db.open_home(target)) as conn:
             vault, _ = master_key.open_vault(target, conn)
             stored = {} if clear_headers else sealed_headers(conn, vault)
@@ -91,6 +92,10 @@ def telemetry_set(
 
 
 def _effective(target: Path) -> dict[str, object]:
+    # Here, not at the top: the exporter's aiohttp and protobuf imports cost every other
+    # `steward` command (and each daemon start) a quarter of a second or more.
+    from steward.daemon.telemetry import resolve, sealed_headers
+
     config = load_config(target)
     with contextlib.closing(db.open_home(target)) as conn:
         vault, _ = master_key.open_vault(target, conn)

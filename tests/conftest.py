@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import compileall
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,12 @@ import steward.cli
 
 from tests.support.daemon import Daemon, init_home, provider_env
 from tests.support.fake_upstream import FakeUpstream
+
+# No test home may reach a real OS keyring: on a desktop one would take every test's master key
+# (tests read <home>/master.key), and in CI none answers anyway. Naming the backend also spares
+# each `steward` process the suite starts keyring's plugin discovery (~0.1 s of CPU). The
+# keyring test (tests/secrets/test_master_key.py) removes this to use its own gnome-keyring.
+os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import time
 
-import httpx
-
 from steward import db
 from steward.config import Config
 from steward.errors import StewardError
@@ -35,6 +33,8 @@ def flush(config: Config, timeout: float) -> None:
             token = provider_keys.get_secret(conn, vault, UPLOAD_TOKEN)
         asyncio.run(_drain(config, token, deadline))
     else:  # a running gateway holds the uploader: wake it and watch the backlog drain
+        import httpx  # here: it costs every `steward` command a third of a second to import
+
         with contextlib.suppress(httpx.HTTPError):
             httpx.post(f"http://{config.server.admin_host}:{config.server.admin_port}/flush",
                        timeout=5)

@@ -6,19 +6,18 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.daemon import Daemon, provider_env
+from tests.support.daemon import Daemon, init_home, provider_env
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.waiting import wait_for
 
 CHAT = "/v1/chat/completions"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def blackhole() -> Iterator[int]:
     """A port whose accept queue is full: connection attempts hang until they time out."""
     with socket.socket() as listener:
@@ -36,9 +35,12 @@ def blackhole() -> Iterator[int]:
             filler.close()
 
 
-@pytest.fixture
-def limited(fresh_home: tuple[Path, str], upstream: FakeUpstream, blackhole: int):
-    home, key = fresh_home
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream, blackhole: int):
+    """One daemon for the module: each test costs at most its own requests, leaves the daemon
+    healthy (it ends by checking that) and finds its record as the latest or by its tag."""
+    home = tmp_path_factory.mktemp("limited") / "home"
+    key = init_home(home)
     env = {**provider_env(upstream.url), "STEWARD_LIMITS__MAX_HEADERS": "40",
            "STEWARD_PROVIDERS__BLACKHOLE__FORMAT": "openai",
            "STEWARD_PROVIDERS__BLACKHOLE__BASE_URL": f"http://127.0.0.1:{blackhole}/v1",
