@@ -79,9 +79,8 @@ async def body(request_id: str) -> Any:
     if found is None:
         return error(404, f"no request {request_id} in the dashboard's store",
                      "not_found_error")
-    writer = d.gateway.bodies
-    store = writer.store if writer is not None else None
-    return _ok(await d.run(bodies_view.view, d.home, store, found))
+    # The store is opened on first use, in the worker thread (a bucket's client takes a while).
+    return _ok(await d.run(lambda: bodies_view.view(d.home, d.gateway.body_store(), found)))
 
 
 @blueprint.get("/filters")
