@@ -2,9 +2,10 @@
 
 The same layout as `make bench` (bench/run.py): one Steward worker pinned to its own core, the
 mock upstream and wrk on the other. While wrk sends JSON chat completions (16 connections) or
-paced SSE streams (--stream, 64), py-spy samples the worker (and, when it runs, the body writer
-process) without stopping it; idle samples (a thread waiting in epoll or a lock) are not
-counted, so the shares are shares of CPU. Each sample is charged twice:
+paced SSE streams (--stream, 64), py-spy samples the serving worker without stopping it; idle
+samples (a thread waiting in epoll or a lock) are not counted, so the shares are shares of its
+CPU. The body writer process is not sampled (py-spy cannot tell its idle loop from work): its
+CPU per request is read from /proc, as the worker's is. Each sample is charged twice:
 
 - to a stage: the innermost pipeline stage on its stack (auth, route, credentials, body, admit,
   forward, relay, account, hand-off), or to the server (Hypercorn and h11 outside our handler),
@@ -76,13 +77,19 @@ def classify(stack: list[tuple[str, str]]) -> tuple[str, str]:
     leaf_path = stack[-1][1]
     comp = component(leaf_path)
     if stage is None:
-        files = " ".join(p for _, p in stack)
-        if "bodies/" in files or "bodies\\" in files:
-            stage = "body capture (background)"
-        elif "/hypercorn/" in files or "/h11/" in files:
+        files = " ".join(p for _, p in stack)  # py-spy names files from site-packages down
+        if "dashboard/" in files:
+            stage = "dashboard indexer (background thread)"
+        elif "bodies/" in files:
+            stage = "bodies: journal write and its upkeep"
+        elif any(p.endswith("proxy/pipeline.py") for _, p in stack):
+            stage = "request, between stages (ending, hand-off)"
+        elif "hypercorn/" in files or "h11/" in files:
             stage = "server (Hypercorn, h11)"
+        elif "aiohttp/" in files:
+            stage = "upstream client (aiohttp) callbacks"
         elif "steward/" in files:
-            stage = "other Steward background"
+            stage = "other Steward background (spool fsync, metrics, reports)"
         else:
             stage = "event loop and the rest"
     return stage, comp
@@ -149,29 +156,34 @@ def main() -> None:
             raw = tmp / "stacks.txt"
             pids = one.pids()
             spy = subprocess.Popen(
-                [py_spy, "record", "--pid", str(one.root), "--subprocesses", "--nonblocking",
+                [py_spy, "record", "--pid", str(one.root), "--nonblocking",
                  "--rate", str(args.rate), "--duration", str(int(args.duration)),
                  "--format", "raw", "--output", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             got: dict[str, object] = {}
-            before = cpu_seconds(pids)
+            before = {pid: cpu_seconds([pid]) for pid in pids}
             load = threading.Thread(target=lambda: got.update(cell=bench.wrk(
                 one, args.stream, 64 if args.stream else 16, None, args.duration)))
             load.start()
             load.join()
             spy.wait()
             cell = got["cell"]
-            cpu = cpu_seconds(one.pids()) - before
+            cpu = {pid: cpu_seconds([pid]) - start for pid, start in before.items()}
+            names = {pid: Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids}
             if not raw.exists():
-                raise SystemExit(f"py-spy wrote nothing: {spy.stderr.read().decode()[-500:]}")
+                raise SystemExit(f"py-spy wrote nothing (exit {spy.returncode}): "
+                                 f"{spy.stderr.read().decode()[-500:]}")
             if args.keep:
                 shutil.copyfile(raw, args.keep)
         stages, comps, total = parse(raw)
-    per_request = cpu * 1000 / cell.requests  # type: ignore[attr-defined]
+    requests = cell.requests  # type: ignore[attr-defined]
+    per_request = cpu[one.root] * 1000 / requests  # the worker's
+    others = ", ".join(f"{names[pid]} {ms * 1000 / requests:.2f}" for pid, ms in cpu.items()
+                       if pid != one.root and ms > 0)
     what = "SSE streams, 64 connections" if args.stream else "JSON chat completions, c=16"
-    print(f"\n{args.config}: {what}; {cell.rps:,.0f}/s, "  # type: ignore[attr-defined]
-          f"{per_request:.2f} CPU ms per request; {total:,} samples at {args.rate}/s "
-          "(idle samples not counted)\n")
+    print(f"\n{args.config}: {what}; {cell.rps:,.0f}/s; the serving worker "  # type: ignore[attr-defined]
+          f"{per_request:.2f} CPU ms per request ({total:,} samples at {args.rate}/s, idle "
+          f"samples not counted); other processes, CPU ms per request: {others or 'none'}\n")
     print("\n".join(table("stage", stages, total, per_request)))
     print()
     print("\n".join(table("component (innermost frame)", comps, total, per_request)))
