@@ -236,6 +236,7 @@ def _old_home(home: Path) -> str:
                            "ALTER TABLE gateway_keys DROP COLUMN majordomo_key_id;"
                            "DROP TABLE budgets; DROP TABLE budget_spend;"
                            "DROP TABLE budget_leases; DROP TABLE rate_limits;"
+                           "DROP TABLE admin_tokens;"
                            "PRAGMA user_version = 4;")
         conn.execute("UPDATE gateway_keys SET id = 'key_0123456789ab'")
     return "key_0123456789ab"

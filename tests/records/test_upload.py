@@ -70,8 +70,11 @@ def test_batches_are_gzipped_authenticated_and_idempotent(
     assert PROMPT.encode() in upstream.last().body
     sent = json.dumps([u.records for u in collector.uploads])
     assert PROMPT not in sent and "Hello from the fake" not in sent
-    status = json.loads(cli("spool", "status", "--json", home=home).stdout)
-    assert status["pending_records"] == 0 and status["last_error"] is None
+    # The uploader saves its cursor just after the collector's answer: poll, don't race it.
+    status = wait_for(lambda: (got := json.loads(cli("spool", "status", "--json",
+                                                      home=home).stdout))["pending_records"] == 0
+                      and got, 10, "the cursor past every accepted record")
+    assert status["last_error"] is None
     assert TOKEN.encode() not in (home / "steward.db").read_bytes()
 
 
