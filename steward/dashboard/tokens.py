@@ -7,7 +7,6 @@ an in-memory copy of the hashes, refreshed every few seconds, comparing in const
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import secrets
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 
 from steward.db import Connection, changed, transaction
 from steward.errors import NotFoundError, StewardError
+from steward.secrets.gateway_keys import hash_key
 
 TOKEN_PREFIX = "stw_admin_"
 DISPLAY_CHARS = len(TOKEN_PREFIX) + 5
@@ -24,7 +24,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    """Stored as gateway keys are: one way to keep a bearer secret."""
+    return hash_key(token)
 
 
 @dataclass(frozen=True)
