@@ -101,7 +101,9 @@ class CaptureJournal(Spool):
         self.free_bytes: int | None = None
         self.status_path = status_path  # for `steward bucket status`
         self.writer: dict[str, Any] = {}  # the body writer process's last report
-        self._large = asyncio.Lock()  # one large capture written at a time
+        self._one_large = asyncio.Lock()  # one large capture written at a time
+        self._large: set[asyncio.Future[None]] = set()  # being written
+        self._large_bytes = 0
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -121,21 +123,38 @@ class CaptureJournal(Spool):
 
     async def submit(self, capture: Capture) -> None:
         """Any capture. A large one (or one with a spill file) is written by a thread as a
-        segment of its own, so the event loop never copies megabytes."""
+        segment of its own, so the event loop never copies megabytes; the request does not
+        wait for that write unless large ones already waiting hold bodies.queue_bytes."""
         if self.write_now(capture):
             return
-        if capture.spill is not None:
-            await capture.spill.settle()
-        async with self._large:
-            try:
-                await asyncio.to_thread(self._write_large, capture)
-                self.records += 1
-            except OSError as exc:  # on a refusing disk, like any frame: held in memory
-                self._failed(exc)
-                frame = await asyncio.to_thread(_whole_frame, capture)
-                self._hold(frame, capture.key)
-            finally:
-                capture.release()
+        size = capture.total
+        if self._large_bytes + size > self.max_held_bytes and self._large:
+            await asyncio.wait(set(self._large))  # back-pressure: a burst of huge bodies
+        self._large_bytes += size
+        task = asyncio.ensure_future(self._submit_large(capture, size))
+        self._large.add(task)
+        task.add_done_callback(self._large.discard)
+
+    async def _submit_large(self, capture: Capture, size: int) -> None:
+        try:
+            if capture.spill is not None:
+                await capture.spill.settle()
+            async with self._one_large:
+                try:
+                    await asyncio.to_thread(self._write_large, capture)
+                    self.records += 1
+                except OSError as exc:  # on a refusing disk, like any frame: held in memory
+                    self._failed(exc)
+                    frame = await asyncio.to_thread(_whole_frame, capture)
+                    self._hold(frame, capture.key)
+        finally:
+            self._large_bytes -= size
+            capture.release()
+
+    async def drain(self) -> None:
+        """At shutdown, before close(): every large capture written (or held)."""
+        while self._large:
+            await asyncio.wait(set(self._large))
 
     def _write_large(self, capture: Capture) -> None:
         """A frame with a large body, as its own sealed segment (temporary name, fsync,

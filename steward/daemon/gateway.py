@@ -185,6 +185,7 @@ class Gateway:
         await self.governor.ledger.close()  # settled spend down, leases given back
         await self._stop_telemetry()
         if self.bodies is not None and self.body_process is not None:
+            await self.bodies.drain()
             await self.bodies.sync()
             self.bodies.close()  # the last segment finished, for the body writer to let go
             await self.body_process.stop()
