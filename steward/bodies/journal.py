@@ -160,21 +160,14 @@ class CaptureJournal(Spool):
         """A frame with a large body, as its own sealed segment (temporary name, fsync,
         rename), so no small frame ever lands in the middle of it."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        head, header, request, response = encode(capture)
+        pieces = _spilled_frame_start(capture)
         spill = capture.spill
-        if spill is not None and spill.size:
-            crc = zlib.crc32(response, zlib.crc32(request, zlib.crc32(header)))
-            length = len(response)
-            for piece in spill.read():
-                crc = zlib.crc32(piece, crc)
-                length += len(piece)
-            head = HEAD.pack(MAGIC, len(header), len(request), length, crc)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         name = f"{stamp}-{os.getpid()}-{os.urandom(4).hex()}{SEALED}"
         temp = self.directory / (name + ".tmp")  # never listed: not .open, not .capture
         try:
             with open(temp, "wb") as fh:
-                fh.writelines([head, header, request, response])
+                fh.writelines(pieces)
                 if spill is not None:
                     fh.writelines(spill.read())
                 fh.flush()
@@ -255,13 +248,25 @@ class CaptureJournal(Spool):
                 write_atomic(self.status_path, json.dumps(self.status()).encode())
 
 
-def _whole_frame(capture: Capture) -> bytes:
+def _spilled_frame_start(capture: Capture) -> list[bytes | bytearray]:
+    """A frame's pieces before the spill file's bytes, its head counting them (the spill is
+    read once here for its length and CRC; the caller writes it after these)."""
     head, header, request, response = encode(capture)
-    rest = b"".join(capture.spill.read()) if capture.spill is not None else b""
-    if rest:
-        crc = zlib.crc32(rest, zlib.crc32(response, zlib.crc32(request, zlib.crc32(header))))
-        head = HEAD.pack(MAGIC, len(header), len(request), len(response) + len(rest), crc)
-    return b"".join([head, header, request, response, rest])
+    spill = capture.spill
+    if spill is not None and spill.size:
+        crc = zlib.crc32(response, zlib.crc32(request, zlib.crc32(header)))
+        length = len(response)
+        for piece in spill.read():
+            crc = zlib.crc32(piece, crc)
+            length += len(piece)
+        head = HEAD.pack(MAGIC, len(header), len(request), length, crc)
+    return [head, header, request, response]
+
+
+def _whole_frame(capture: Capture) -> bytes:
+    """One frame in memory, spill included: for a disk that refused it, to hold."""
+    spill = capture.spill
+    return b"".join([*_spilled_frame_start(capture), *(spill.read() if spill else ())])
 
 
 # -- the body writer process's side -----------------------------------------------------------

@@ -521,11 +521,6 @@ class BodyWriter:
                 "held": len(self.held), "held_bytes": self.held.bytes, "lost": self.held.lost,
                 "updated_at": time.time()}
 
-    def write_status(self) -> None:
-        """For `steward bucket status`, which reads it with disk_status()."""
-        with contextlib.suppress(OSError):
-            write_atomic(self.home.bodies_status, json.dumps(self.status()).encode())
-
 
 def pending_path(home: Home, key: str) -> Path:
     """Where a spilled document waits: its object key as one file name."""
